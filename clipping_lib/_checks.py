@@ -1,0 +1,77 @@
+"""Argument checks shared by the clipping functions: each error names the argument."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def check_threshold(value: object, name: str) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if math.isinf(value):
+        raise ValueError(
+            f"{name} must be finite, got {value}; to measure the norm without clipping, "
+            "call get_total_norm"
+        )
+    return value
+
+
+def check_norm_type(norm_type: object) -> float:
+    """Return ``norm_type`` as a float p > 0 (``"inf"`` and ``math.inf`` give the max norm)."""
+    if isinstance(norm_type, str):
+        if norm_type.strip().lower() not in ("inf", "infinity"):
+            raise ValueError(f"norm_type as a string must be 'inf', got {norm_type!r}")
+        return math.inf
+    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):
+        raise TypeError(f"norm_type must be a number or 'inf', got {type(norm_type).__name__}")
+    p = float(norm_type)
+    if math.isnan(p) or p <= 0:
+        raise ValueError(f"norm_type must be > 0 (or 'inf'), got {p}")
+    return p
+
+
+def check_eps(eps: object) -> float:
+    """Return ``eps`` as a finite float >= 0."""
+    return check_threshold(eps, "eps")
+
+
+def as_tensor_list(tensors: Tensor | Iterable[Tensor], name: str) -> list[Tensor]:
+    """Turn a tensor or an iterable of tensors into a list, checking every element."""
+    if isinstance(tensors, Tensor):
+        return [tensors]
+    if not isinstance(tensors, Iterable):
+        raise TypeError(
+            f"{name} must be a Tensor or an iterable of Tensors, got {type(tensors).__name__}"
+        )
+    items = list(tensors)
+    for index, item in enumerate(items):
+        if not isinstance(item, Tensor):
+            raise TypeError(
+                f"{name} must contain only Tensors, got {type(item).__name__} at position {index}"
+            )
+    return items
+
+
+def check_total_norm(total_norm: object) -> Tensor:
+    """``total_norm`` must be a 0-d floating tensor, as returned by ``get_total_norm``."""
+    if not isinstance(total_norm, Tensor):
+        raise TypeError(f"total_norm must be a Tensor, got {type(total_norm).__name__}")
+    if total_norm.ndim != 0:
+        raise ValueError(
+            f"total_norm must be a 0-d tensor (one norm for all gradients), "
+            f"got shape {tuple(total_norm.shape)}"
+        )
+    if not torch.is_floating_point(total_norm):
+        raise TypeError(f"total_norm must be a floating tensor, got {total_norm.dtype}")
+    return total_norm

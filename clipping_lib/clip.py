@@ -1,0 +1,229 @@
+r"""Value and norm clipping with the signatures and semantics of ``torch.nn.utils``.
+
+Written from tensor primitives (``torch._foreach_*`` and ``torch.linalg.vector_norm``)
+so that every step is visible. The hot path has no host synchronisation: no
+``.item()`` and no Python ``if`` on a tensor, so on a GPU the whole clip is queued
+without waiting for the device.
+
+Norm clipping rescales all gradients together:
+
+.. math::  g \leftarrow g \cdot \min\!\left(1, \frac{c}{\lVert g \rVert_p + \varepsilon}\right)
+
+With PyTorch's :math:`\varepsilon = 10^{-6}` a clipped norm lands slightly *below* ``c``;
+with ``eps=0.0`` it is exactly ``c`` (the form :math:`g \cdot c / \max(\lVert g\rVert, c)`
+that optax and TensorFlow use). Value clipping clamps each element to ``[-c, c]``.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from clipping_lib._checks import (
+    as_tensor_list,
+    check_eps,
+    check_norm_type,
+    check_threshold,
+    check_total_norm,
+)
+
+__all__ = [
+    "clip_by_norm",
+    "clip_by_value",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "get_total_norm",
+]
+
+TensorOrTensors = Tensor | Iterable[Tensor]
+
+# Devices with fused ``torch._foreach_*`` kernels (as in torch.utils._foreach_utils).
+_FOREACH_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mtia")
+
+
+def _group_by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple, list[Tensor]]:
+    """Split tensors into lists that one foreach kernel can take (same device, same dtype)."""
+    groups: dict[tuple, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return groups
+
+
+def _use_foreach(foreach: bool | None, tensors: list[Tensor], device: torch.device) -> bool:
+    """PyTorch's rule: ``None`` means foreach where it is supported, ``True`` insists on it."""
+    if foreach not in (None, True, False):
+        raise TypeError(f"foreach must be None, True or False, got {foreach!r}")
+    supported = device.type in _FOREACH_DEVICE_TYPES
+    if foreach is None:
+        return supported and all(type(t) is Tensor for t in tensors)
+    if foreach and not supported:
+        raise RuntimeError(
+            f"foreach=True was passed, but can't use the foreach API on {device.type} tensors"
+        )
+    return foreach
+
+
+def _grads_of(parameters: list[Tensor]) -> list[Tensor]:
+    return [p.grad for p in parameters if p.grad is not None]
+
+
+def _parameters_list(parameters: TensorOrTensors) -> list[Tensor]:
+    """Materialise ``parameters`` once (a generator is consumed once), warning when empty."""
+    is_generator = isinstance(parameters, types.GeneratorType)
+    params = as_tensor_list(parameters, "parameters")
+    if is_generator and not params:
+        warnings.warn(
+            "`parameters` is an empty generator, no gradient clipping will occur.",
+            stacklevel=3,
+        )
+    return params
+
+
+@torch.no_grad()
+def get_total_norm(
+    tensors: TensorOrTensors,
+    norm_type: float | str = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> Tensor:
+    r"""The p-norm of all ``tensors`` viewed as one vector: :math:`\lVert(\lVert t_1\rVert_p,
+    \dots, \lVert t_n\rVert_p)\rVert_p`.
+
+    Returns a 0-d tensor on the first tensor's device (``tensor(0.)`` for no tensors).
+    Raises ``RuntimeError`` if ``error_if_nonfinite`` and the norm is NaN or infinite.
+    """
+    tensors = as_tensor_list(tensors, "tensors")
+    p = check_norm_type(norm_type)
+    if not tensors:
+        return torch.tensor(0.0)
+    first_device = tensors[0].device
+    norms: list[Tensor] = []
+    for (device, _), group in _group_by_device_and_dtype(tensors).items():
+        if _use_foreach(foreach, group, device):
+            norms.extend(torch._foreach_norm(group, p))
+        else:
+            norms.extend(torch.linalg.vector_norm(t, p) for t in group)
+    total_norm = torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), p)
+    # The one deliberate host sync, and only when the caller asks for the check.
+    if error_if_nonfinite and not torch.isfinite(total_norm):
+        raise RuntimeError(
+            f"The total norm of order {p} for gradients from `parameters` is non-finite, "
+            "so it cannot be clipped. To disable this error and scale the gradients by the "
+            "non-finite norm anyway, set `error_if_nonfinite=False`"
+        )
+    return total_norm
+
+
+def _check_exact_clip(max_norm: float, eps: float) -> None:
+    if eps == 0.0 and max_norm == 0.0:
+        raise ValueError(
+            "max_norm must be > 0 when eps=0.0: exact clipping scales by "
+            "max_norm / max(norm, max_norm), which is 0/0 for max_norm=0"
+        )
+
+
+@torch.no_grad()
+def clip_grads_with_norm_(
+    parameters: TensorOrTensors,
+    max_norm: float,
+    total_norm: Tensor,
+    foreach: bool | None = None,
+    *,
+    eps: float = 1e-6,
+) -> None:
+    r"""Scale every ``.grad`` in place by :math:`\min(1, c / (\text{total\_norm} + \varepsilon))`.
+
+    ``total_norm`` is the 0-d tensor from :func:`get_total_norm`, so the norm can be
+    measured, logged or reduced across workers before the gradients are touched.
+    """
+    params = as_tensor_list(parameters, "parameters")
+    max_norm = check_threshold(max_norm, "max_norm")
+    total_norm = check_total_norm(total_norm)
+    eps = check_eps(eps)
+    _check_exact_clip(max_norm, eps)
+    grads = _grads_of(params)
+    if not grads:
+        return
+    # Multiplying by a coefficient clamped at 1 (instead of `if coef < 1`) keeps
+    # the decision on the device: no host sync.
+    clip_coef = torch.clamp(max_norm / (total_norm + eps), max=1.0)
+    for (device, _), group in _group_by_device_and_dtype(grads).items():
+        coef = clip_coef.to(device)
+        if _use_foreach(foreach, group, device):
+            torch._foreach_mul_(group, coef)
+        else:
+            for g in group:
+                g.mul_(coef)
+
+
+@torch.no_grad()
+def clip_grad_norm_(
+    parameters: TensorOrTensors,
+    max_norm: float,
+    norm_type: float | str = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+    *,
+    eps: float = 1e-6,
+) -> Tensor:
+    r"""Rescale all gradients together so that their total p-norm is at most ``max_norm``.
+
+    :math:`g \leftarrow g \cdot \min(1, c / (\lVert g\rVert_p + \varepsilon))`.
+    Returns the total norm **before** clipping. ``eps=0.0`` clips exactly to ``max_norm``.
+    """
+    params = _parameters_list(parameters)
+    max_norm = check_threshold(max_norm, "max_norm")
+    eps = check_eps(eps)
+    _check_exact_clip(max_norm, eps)
+    total_norm = get_total_norm(_grads_of(params), norm_type, error_if_nonfinite, foreach)
+    clip_grads_with_norm_(params, max_norm, total_norm, foreach, eps=eps)
+    return total_norm
+
+
+@torch.no_grad()
+def clip_grad_value_(
+    parameters: TensorOrTensors,
+    clip_value: float,
+    foreach: bool | None = None,
+) -> None:
+    r"""Clamp every gradient element in place: :math:`g_i \leftarrow \max(-c, \min(g_i, c))`."""
+    params = as_tensor_list(parameters, "parameters")
+    clip_value = check_threshold(clip_value, "clip_value")
+    for (device, _), group in _group_by_device_and_dtype(_grads_of(params)).items():
+        if _use_foreach(foreach, group, device):
+            torch._foreach_clamp_min_(group, -clip_value)
+            torch._foreach_clamp_max_(group, clip_value)
+        else:
+            for g in group:
+                g.clamp_(min=-clip_value, max=clip_value)
+
+
+def clip_by_value(g: Tensor, clip_value: float) -> Tensor:
+    r"""A new tensor with every element of ``g`` clamped to :math:`[-c, c]`."""
+    if not isinstance(g, Tensor):
+        raise TypeError(f"g must be a Tensor, got {type(g).__name__}")
+    clip_value = check_threshold(clip_value, "clip_value")
+    return g.clamp(min=-clip_value, max=clip_value)
+
+
+def clip_by_norm(
+    g: Tensor, max_norm: float, norm_type: float | str = 2.0, *, eps: float = 0.0
+) -> Tensor:
+    r"""A new tensor :math:`g \cdot \min(1, c / (\lVert g\rVert_p + \varepsilon))`.
+
+    The default ``eps=0.0`` is exact: the result has norm ``min(||g||, c)`` and, when
+    ``g`` is not zero, the same direction as ``g``.
+    """
+    if not isinstance(g, Tensor):
+        raise TypeError(f"g must be a Tensor, got {type(g).__name__}")
+    max_norm = check_threshold(max_norm, "max_norm")
+    p = check_norm_type(norm_type)
+    eps = check_eps(eps)
+    _check_exact_clip(max_norm, eps)
+    norm = torch.linalg.vector_norm(g, p)
+    return g * torch.clamp(max_norm / (norm + eps), max=1.0)
