@@ -46,6 +46,9 @@ def check_eps(eps: object) -> float:
     return check_threshold(eps, "eps")
 
 
+_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+
+
 def as_tensor_list(tensors: Tensor | Iterable[Tensor], name: str) -> list[Tensor]:
     """Turn a tensor or an iterable of tensors into a list, checking every element."""
     if isinstance(tensors, Tensor):
@@ -56,7 +59,8 @@ def as_tensor_list(tensors: Tensor | Iterable[Tensor], name: str) -> list[Tensor
         )
     items = list(tensors)
     for index, item in enumerate(items):
-        if not isinstance(item, Tensor):
+        # `type(...) in` first: isinstance on a Parameter goes through a slow metaclass hook.
+        if type(item) not in _TENSOR_TYPES and not isinstance(item, Tensor):
             raise TypeError(
                 f"{name} must contain only Tensors, got {type(item).__name__} at position {index}"
             )

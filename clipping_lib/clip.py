@@ -45,10 +45,12 @@ TensorOrTensors = Tensor | Iterable[Tensor]
 # Devices with fused ``torch._foreach_*`` kernels (as in torch.utils._foreach_utils).
 _FOREACH_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mtia")
 
+Groups = dict[tuple[torch.device, torch.dtype], list[Tensor]]
 
-def _group_by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple, list[Tensor]]:
+
+def _group_by_device_and_dtype(tensors: list[Tensor]) -> Groups:
     """Split tensors into lists that one foreach kernel can take (same device, same dtype)."""
-    groups: dict[tuple, list[Tensor]] = {}
+    groups: Groups = {}
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t)
     return groups
@@ -56,8 +58,6 @@ def _group_by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple, list[Tensor
 
 def _use_foreach(foreach: bool | None, tensors: list[Tensor], device: torch.device) -> bool:
     """PyTorch's rule: ``None`` means foreach where it is supported, ``True`` insists on it."""
-    if foreach not in (None, True, False):
-        raise TypeError(f"foreach must be None, True or False, got {foreach!r}")
     supported = device.type in _FOREACH_DEVICE_TYPES
     if foreach is None:
         return supported and all(type(t) is Tensor for t in tensors)
@@ -68,8 +68,13 @@ def _use_foreach(foreach: bool | None, tensors: list[Tensor], device: torch.devi
     return foreach
 
 
-def _grads_of(parameters: list[Tensor]) -> list[Tensor]:
-    return [p.grad for p in parameters if p.grad is not None]
+def _check_foreach(foreach: object) -> None:
+    if foreach not in (None, True, False):
+        raise TypeError(f"foreach must be None, True or False, got {foreach!r}")
+
+
+def _grouped_grads(parameters: list[Tensor]) -> Groups:
+    return _group_by_device_and_dtype([p.grad for p in parameters if p.grad is not None])
 
 
 def _parameters_list(parameters: TensorOrTensors) -> list[Tensor]:
@@ -82,6 +87,56 @@ def _parameters_list(parameters: TensorOrTensors) -> list[Tensor]:
             stacklevel=3,
         )
     return params
+
+
+def _norm_of_groups(groups: Groups, p: float, foreach: bool | None) -> Tensor:
+    r"""The p-norm of the per-tensor p-norms, on the first group's device."""
+    if not groups:
+        return torch.tensor(0.0)
+    first_device = next(iter(groups))[0]
+    norms: list[Tensor] = []
+    for (device, _), group in groups.items():
+        if _use_foreach(foreach, group, device):
+            norms.extend(torch._foreach_norm(group, p))
+        else:
+            norms.extend(torch.linalg.vector_norm(t, p) for t in group)
+    return torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), p)
+
+
+def _raise_if_nonfinite(total_norm: Tensor, p: float) -> None:
+    # The one deliberate host sync, made only when the caller asks for the check.
+    if not torch.isfinite(total_norm):
+        raise RuntimeError(
+            f"The total norm of order {p} for gradients from `parameters` is non-finite, "
+            "so it cannot be clipped. To disable this error and scale the gradients by the "
+            "non-finite norm anyway, set `error_if_nonfinite=False`"
+        )
+
+
+def _scale_groups_(
+    groups: Groups, max_norm: float, total_norm: Tensor, eps: float, foreach: bool | None
+) -> None:
+    r"""Each tensor :math:`g \leftarrow g \min(1, c / (\text{total\_norm} + \varepsilon))`."""
+    if not groups:
+        return
+    # Multiplying by a coefficient clamped at 1 (instead of `if coef < 1`) keeps
+    # the decision on the device: no host sync.
+    clip_coef = torch.clamp(max_norm / (total_norm + eps), max=1.0)
+    for (device, _), group in groups.items():
+        coef = clip_coef.to(device)
+        if _use_foreach(foreach, group, device):
+            torch._foreach_mul_(group, coef)
+        else:
+            for g in group:
+                g.mul_(coef)
+
+
+def _check_exact_clip(max_norm: float, eps: float) -> None:
+    if eps == 0.0 and max_norm == 0.0:
+        raise ValueError(
+            "max_norm must be > 0 when eps=0.0: exact clipping scales by "
+            "max_norm / max(norm, max_norm), which is 0/0 for max_norm=0"
+        )
 
 
 @torch.no_grad()
@@ -99,32 +154,11 @@ def get_total_norm(
     """
     tensors = as_tensor_list(tensors, "tensors")
     p = check_norm_type(norm_type)
-    if not tensors:
-        return torch.tensor(0.0)
-    first_device = tensors[0].device
-    norms: list[Tensor] = []
-    for (device, _), group in _group_by_device_and_dtype(tensors).items():
-        if _use_foreach(foreach, group, device):
-            norms.extend(torch._foreach_norm(group, p))
-        else:
-            norms.extend(torch.linalg.vector_norm(t, p) for t in group)
-    total_norm = torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), p)
-    # The one deliberate host sync, and only when the caller asks for the check.
-    if error_if_nonfinite and not torch.isfinite(total_norm):
-        raise RuntimeError(
-            f"The total norm of order {p} for gradients from `parameters` is non-finite, "
-            "so it cannot be clipped. To disable this error and scale the gradients by the "
-            "non-finite norm anyway, set `error_if_nonfinite=False`"
-        )
+    _check_foreach(foreach)
+    total_norm = _norm_of_groups(_group_by_device_and_dtype(tensors), p, foreach)
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total_norm, p)
     return total_norm
-
-
-def _check_exact_clip(max_norm: float, eps: float) -> None:
-    if eps == 0.0 and max_norm == 0.0:
-        raise ValueError(
-            "max_norm must be > 0 when eps=0.0: exact clipping scales by "
-            "max_norm / max(norm, max_norm), which is 0/0 for max_norm=0"
-        )
 
 
 @torch.no_grad()
@@ -146,19 +180,8 @@ def clip_grads_with_norm_(
     total_norm = check_total_norm(total_norm)
     eps = check_eps(eps)
     _check_exact_clip(max_norm, eps)
-    grads = _grads_of(params)
-    if not grads:
-        return
-    # Multiplying by a coefficient clamped at 1 (instead of `if coef < 1`) keeps
-    # the decision on the device: no host sync.
-    clip_coef = torch.clamp(max_norm / (total_norm + eps), max=1.0)
-    for (device, _), group in _group_by_device_and_dtype(grads).items():
-        coef = clip_coef.to(device)
-        if _use_foreach(foreach, group, device):
-            torch._foreach_mul_(group, coef)
-        else:
-            for g in group:
-                g.mul_(coef)
+    _check_foreach(foreach)
+    _scale_groups_(_grouped_grads(params), max_norm, total_norm, eps, foreach)
 
 
 @torch.no_grad()
@@ -175,13 +198,20 @@ def clip_grad_norm_(
 
     :math:`g \leftarrow g \cdot \min(1, c / (\lVert g\rVert_p + \varepsilon))`.
     Returns the total norm **before** clipping. ``eps=0.0`` clips exactly to ``max_norm``.
+    This is :func:`get_total_norm` followed by :func:`clip_grads_with_norm_`, with the
+    gradients gathered and grouped once for both.
     """
     params = _parameters_list(parameters)
     max_norm = check_threshold(max_norm, "max_norm")
+    p = check_norm_type(norm_type)
     eps = check_eps(eps)
     _check_exact_clip(max_norm, eps)
-    total_norm = get_total_norm(_grads_of(params), norm_type, error_if_nonfinite, foreach)
-    clip_grads_with_norm_(params, max_norm, total_norm, foreach, eps=eps)
+    _check_foreach(foreach)
+    groups = _grouped_grads(params)
+    total_norm = _norm_of_groups(groups, p, foreach)
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total_norm, p)
+    _scale_groups_(groups, max_norm, total_norm, eps, foreach)
     return total_norm
 
 
@@ -194,7 +224,8 @@ def clip_grad_value_(
     r"""Clamp every gradient element in place: :math:`g_i \leftarrow \max(-c, \min(g_i, c))`."""
     params = as_tensor_list(parameters, "parameters")
     clip_value = check_threshold(clip_value, "clip_value")
-    for (device, _), group in _group_by_device_and_dtype(_grads_of(params)).items():
+    _check_foreach(foreach)
+    for (device, _), group in _grouped_grads(params).items():
         if _use_foreach(foreach, group, device):
             torch._foreach_clamp_min_(group, -clip_value)
             torch._foreach_clamp_max_(group, clip_value)
