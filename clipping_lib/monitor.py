@@ -1,0 +1,189 @@
+r"""Recording and reviewing clipping: norms, thresholds and clip events, step by step.
+
+A :class:`ClipMonitor` wraps any :class:`~clipping_lib.strategies.Clipper` and keeps the
+:class:`~clipping_lib.strategies.ClipStep` of every call. A step is three 0-d tensors,
+kept as they are, so recording costs no host sync; :meth:`ClipMonitor.history` turns
+the whole run into NumPy arrays at once (one sync per quantity).
+
+A :class:`NormHistory` answers the questions worth asking of a run:
+
+* **clip rate**: the fraction of steps that were clipped. Clipping every step means the
+  threshold acts as a smaller learning rate; never clipping means it protects nothing.
+* **norm percentiles**: the distribution a threshold is chosen from. A threshold at the
+  q-th percentile of measured norms clips about (100 - q) % of steps, if the
+  distribution does not move.
+* **spikes**: steps whose norm exceeds ``factor`` times the median of the preceding
+  ``window`` norms, a robust baseline that a single spike does not move.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from torch import Tensor
+
+from clipping_lib.plots import COLORS
+from clipping_lib.strategies import Clipper, ClipStep
+
+__all__ = ["ClipMonitor", "NormHistory", "plot_norm_history"]
+
+
+@dataclass(frozen=True)
+class NormHistory:
+    """One run: global norm before clipping, threshold and clip flag per step (NumPy)."""
+
+    norm: np.ndarray
+    threshold: np.ndarray
+    clipped: np.ndarray
+
+    def __post_init__(self) -> None:
+        lengths = {len(self.norm), len(self.threshold), len(self.clipped)}
+        if len(lengths) != 1:
+            raise ValueError(
+                "norm, threshold and clipped must have one entry per step, got lengths "
+                f"{len(self.norm)}, {len(self.threshold)}, {len(self.clipped)}"
+            )
+
+    @classmethod
+    def from_steps(cls, steps: Sequence[ClipStep]) -> NormHistory:
+        """Stack a sequence of :class:`ClipStep` (one host transfer per field)."""
+        if not steps:
+            return cls(np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+
+        def stacked(name: str) -> np.ndarray:
+            return torch.stack([getattr(s, name) for s in steps]).detach().cpu().numpy()
+
+        return cls(
+            stacked("total_norm").astype(np.float64),
+            stacked("threshold").astype(np.float64),
+            stacked("clipped").astype(bool),
+        )
+
+    def __len__(self) -> int:
+        return len(self.norm)
+
+    @property
+    def clip_rate(self) -> float:
+        """The fraction of steps that were clipped (0 for an empty history)."""
+        return float(np.mean(self.clipped)) if len(self) else 0.0
+
+    def percentiles(self, q: Sequence[float] = (50, 90, 99)) -> dict[float, float]:
+        """Percentiles of the norm (linear interpolation, as ``numpy.percentile``)."""
+        q = [float(x) for x in q]
+        if any(not 0 <= x <= 100 for x in q):
+            raise ValueError(f"q must be percentiles in [0, 100], got {q}")
+        if not len(self):
+            raise ValueError("the history is empty: record some steps first")
+        return dict(zip(q, np.percentile(self.norm, q).tolist(), strict=True))
+
+    def spikes(self, factor: float = 5.0, window: int = 20) -> np.ndarray:
+        r"""Indices of steps with :math:`n_t > \text{factor}\cdot
+        \operatorname{median}(n_{t-w}, \dots, n_{t-1})`.
+
+        Fewer than ``window`` steps precede the first few steps; their baseline is the
+        median of those there are, and step 0 has none (never a spike).
+        """
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor > 0:
+            raise ValueError(f"factor must be a number > 0, got {factor!r}")
+        if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if len(self) < 2:
+            return np.zeros(0, dtype=np.int64)
+        padded = np.concatenate([np.full(window, np.nan), self.norm[:-1]])
+        windows = np.lib.stride_tricks.sliding_window_view(padded, window)  # row t: the w before t
+        baseline = np.full(len(self), np.nan)
+        baseline[1:] = np.nanmedian(windows[1:], axis=1)
+        return np.flatnonzero(self.norm > factor * baseline)
+
+    def summary(self) -> dict[str, float]:
+        """Steps, clip rate, median/90th/99th percentile and max of the norm, spike count."""
+        p50, p90, p99 = self.percentiles((50, 90, 99)).values()
+        return {
+            "steps": len(self),
+            "clip_rate": self.clip_rate,
+            "norm_p50": p50,
+            "norm_p90": p90,
+            "norm_p99": p99,
+            "norm_max": float(np.max(self.norm)),
+            "spikes": len(self.spikes()),
+        }
+
+
+class ClipMonitor:
+    """A :class:`Clipper` that calls ``clipper`` and records what each call did.
+
+    Use it wherever the clipper would go (``monitor(model.parameters())``); read the run
+    with :meth:`history`. :meth:`record` adds a step clipped elsewhere.
+    """
+
+    def __init__(self, clipper: Clipper) -> None:
+        if not callable(clipper):
+            raise TypeError(f"clipper must be callable (a Clipper), got {type(clipper).__name__}")
+        self.clipper = clipper
+        self.steps: list[ClipStep] = []
+
+    def __call__(self, parameters: Iterable[Tensor]) -> ClipStep:
+        return self.record(self.clipper(parameters))
+
+    def record(self, step: ClipStep) -> ClipStep:
+        """Keep ``step`` (its tensors, not their values: no host sync) and return it."""
+        if not isinstance(step, ClipStep):
+            raise TypeError(f"step must be a ClipStep, got {type(step).__name__}")
+        self.steps.append(step)
+        return step
+
+    def history(self) -> NormHistory:
+        """Everything recorded so far, as NumPy arrays."""
+        return NormHistory.from_steps(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __repr__(self) -> str:
+        return f"ClipMonitor({self.clipper!r}, steps={len(self)})"
+
+
+def plot_norm_history(
+    ax: Axes,
+    history: NormHistory,
+    *,
+    label: str = "norm before clipping",
+    color: str = COLORS["original"],
+    spikes: bool = False,
+) -> dict:
+    """Draw the norm per step (log scale), the threshold, and the clipped steps.
+
+    Returns the artists by name (``"norm"``, ``"threshold"``, ``"clipped"`` and, with
+    ``spikes=True``, ``"spikes"``) so a panel can move them with ``set_data``.
+    """
+    steps = np.arange(len(history))
+    finite = np.where(np.isfinite(history.threshold), history.threshold, np.nan)
+    artists = {
+        "norm": ax.plot(steps, history.norm, color=color, lw=1.0, label=label)[0],
+        "threshold": ax.plot(
+            steps, finite, color=COLORS["threshold"], lw=1.5, ls="--", label="threshold"
+        )[0],
+        "clipped": ax.plot(
+            steps[history.clipped],
+            history.norm[history.clipped],
+            ls="none",
+            marker="o",
+            ms=3,
+            color=COLORS["norm"],
+            label=f"clipped ({history.clip_rate:.0%} of steps)",
+        )[0],
+    }
+    if spikes:
+        index = history.spikes()
+        artists["spikes"] = ax.plot(
+            index, history.norm[index], ls="none", marker="^", ms=7, mfc="none",
+            color=COLORS["diverged"], label="spike (> 5x recent median)",
+        )[0]  # fmt: skip
+    ax.set(yscale="log", xlabel="step", ylabel="global gradient norm")
+    ax.legend(loc="upper right", fontsize="small")
+    return artists
