@@ -1,0 +1,1 @@
+"""Slider panels, one module per lesson; each defines PANELS."""
