@@ -1,0 +1,256 @@
+r"""Spectral radius control and BPTT gradient-norm measurements.
+
+Backpropagation through time sends the gradient :math:`k` steps back through the product
+of state Jacobians :math:`J_T J_{T-1} \cdots J_{T-k+1}`. For a linear RNN every
+:math:`J_t = W`, the product is :math:`W^k`, and Gelfand's formula
+:math:`\lim_k \lVert W^k\rVert^{1/k} = \rho(W)` says its norm grows or shrinks like
+:math:`\rho(W)^k` in the long run, where :math:`\rho(W) = \max_i |\lambda_i(W)|` is the
+spectral radius. The largest singular value :math:`\sigma_{\max}(W) = \lVert W\rVert_2
+\ge \rho(W)` bounds every step: :math:`\lVert W^k\rVert_2 \le \sigma_{\max}^k`.
+
+Every measurement here returns norms indexed by **steps back** ``k = 0..T``: entry ``k``
+belongs to the gradient that has travelled ``k`` steps from the loss at the last step.
+For a linear RNN (time-invariant Jacobians) this is also :math:`\lVert\partial L/\partial
+h_0\rVert` for a loss placed at step ``k``, so one measurement covers every sequence
+length at once.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from clipping_lib.models import RNN
+
+STRUCTURES = ("gaussian", "orthogonal", "symmetric")
+GATED_CELLS = ("lstm", "gru")
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread, then restore the previous thread count.
+
+    BPTT is a chain of tiny sequential kernels; with several threads each kernel pays
+    for waking and syncing them, which on a busy machine costs 100x the arithmetic.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_rho(rho: object) -> float:
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
+        raise TypeError(f"rho must be a real number, got {type(rho).__name__}")
+    rho = float(rho)
+    if not math.isfinite(rho) or rho < 0:
+        raise ValueError(f"rho must be a finite number >= 0, got {rho}")
+    return rho
+
+
+def _check_count(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_square(W: object, name: str = "W") -> Tensor:
+    if not isinstance(W, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(W).__name__}")
+    if W.ndim < 2 or W.shape[-1] != W.shape[-2]:
+        raise ValueError(f"{name} must be a square matrix (..., n, n), got {tuple(W.shape)}")
+    return W
+
+
+def spectral_radius(W: Tensor) -> Tensor:
+    r""":math:`\rho(W) = \max_i |\lambda_i(W)|`, computed in float64; batched over leading dims."""
+    W = _check_square(W)
+    return torch.linalg.eigvals(W.double()).abs().amax(dim=-1)
+
+
+def largest_singular_value(W: Tensor) -> Tensor:
+    r""":math:`\sigma_{\max}(W) = \lVert W\rVert_2 \ge \rho(W)`, in float64; equal for normal W."""
+    W = _check_square(W)
+    return torch.linalg.matrix_norm(W.double(), ord=2)
+
+
+def recurrent_matrix(
+    size: int,
+    rho: float,
+    structure: str = "gaussian",
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    r"""A random ``size x size`` matrix whose spectral radius is exactly ``rho``.
+
+    A base matrix :math:`A` is drawn and rescaled, :math:`W = \rho\, A / \rho(A)`, so the
+    eigenvalues keep their shape and the largest modulus becomes ``rho`` (exact up to
+    rounding in ``dtype``). ``structure`` picks :math:`A`:
+
+    * ``"gaussian"``: i.i.d. normal entries. Non-normal: the eigenvalues fill a disk
+      (circular law) and :math:`\sigma_{\max}(W) \approx 2\rho` for large ``size``.
+    * ``"orthogonal"``: a Haar-random orthogonal matrix; every eigenvalue lies on the
+      circle of radius ``rho`` and :math:`\lVert W^k\rVert_2 = \rho^k` exactly.
+    * ``"symmetric"``: :math:`(A + A^\top)/2`; real eigenvalues, normal, so
+      :math:`\sigma_{\max}(W) = \rho(W)`.
+    """
+    size = _check_count(size, "size", 1)
+    rho = _check_rho(rho)
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(size, size, generator=generator, dtype=torch.float64)
+    if structure == "orthogonal":
+        q, r = torch.linalg.qr(base)
+        base = q * torch.sgn(torch.diagonal(r))  # sign fix makes q Haar-distributed
+    elif structure == "symmetric":
+        base = (base + base.T) / 2
+    return (base * (rho / spectral_radius(base))).to(dtype)
+
+
+def power_norms(W: Tensor, steps: int) -> Tensor:
+    r""":math:`\lVert W^k\rVert_2` for ``k = 0..steps``: shape ``(..., steps + 1)``.
+
+    This is :math:`\lVert\partial h_T/\partial h_{T-k}\rVert_2` of the linear RNN with
+    recurrent matrix ``W``. Batched over leading dimensions of ``W`` (e.g. one matrix per
+    ``rho``); computed in float64 so large powers do not overflow.
+    """
+    W = _check_square(W).double()
+    steps = _check_count(steps, "steps", 0)
+    return jacobian_product_norms(W.unsqueeze(-3).expand(*W.shape[:-2], steps, *W.shape[-2:]))
+
+
+def jacobian_product_norms(jacobians: Tensor) -> Tensor:
+    r""":math:`\lVert J_T J_{T-1} \cdots J_{T-k+1}\rVert_2` for ``k = 0..T``.
+
+    ``jacobians`` is ``(..., T, n, n)`` with entry ``t - 1`` holding
+    :math:`J_t = \partial h_t/\partial h_{t-1}` (as :meth:`RNN.state_jacobians` returns).
+    Entry ``k`` of the result is :math:`\lVert\partial h_T/\partial h_{T-k}\rVert_2`, the
+    largest factor by which any gradient at step ``T`` can grow on its way ``k`` steps
+    back; entry 0 is 1. The ``T`` products are built right to left, then all their norms
+    are taken in one batched call. Computed in float64.
+    """
+    jacobians = _check_square(jacobians, "jacobians")
+    if jacobians.ndim < 3:
+        raise ValueError(f"jacobians must be (..., T, n, n), got {tuple(jacobians.shape)}")
+    jacobians = jacobians.double()
+    steps, n = jacobians.shape[-3], jacobians.shape[-1]
+    product = torch.eye(n, dtype=torch.float64).expand(*jacobians.shape[:-3], n, n)
+    products = [product]
+    with single_thread():
+        for t in range(steps - 1, -1, -1):
+            product = product @ jacobians[..., t, :, :]
+            products.append(product)
+        return torch.linalg.matrix_norm(torch.stack(products, dim=-3), ord=2)
+
+
+def bptt_gradient_norms(
+    model: RNN, x: Tensor, h0: Tensor | None = None, direction: Tensor | None = None
+) -> Tensor:
+    r""":math:`\lVert\partial L/\partial h_{T-k}\rVert` for ``k = 0..T`` by one backward pass.
+
+    The loss is :math:`L = \sum_b v^\top h_T^{(b)}` for a unit vector ``direction``
+    :math:`v` (default: all ones, normalised), so entry ``k`` of each row is the norm of a
+    real autograd gradient :math:`(J_T \cdots J_{T-k+1})^\top v` after ``k`` steps back.
+    Returns ``(batch, T + 1)``.
+    """
+    if not isinstance(model, RNN):
+        raise TypeError(f"model must be a clipping_lib.models.RNN, got {type(model).__name__}")
+    n = model.hidden_size
+    if direction is None:
+        direction = torch.full((n,), 1.0 / math.sqrt(n), dtype=model.W.dtype)
+    elif not isinstance(direction, Tensor) or direction.shape != (n,):
+        raise ValueError(f"direction must be a tensor of shape ({n},)")
+    h0 = model._check_inputs(x, h0).detach().clone().requires_grad_(True)
+    with single_thread():
+        states = model.unroll(x, h0)
+        loss = (states[-1] * direction).sum()
+        grads = torch.autograd.grad(loss, states)
+    norms = torch.stack([torch.linalg.vector_norm(g, dim=-1) for g in grads], dim=-1)
+    return norms.flip(-1).detach()
+
+
+def fitted_growth_rate(norms: Tensor, start: int = 0, stop: int | None = None) -> float:
+    r"""Least-squares slope of :math:`\log \lVert g_k\rVert` against ``k`` over ``[start, stop)``.
+
+    For a linear RNN this estimates :math:`\log\rho(W)` per step: positive means growth,
+    negative decay. ``norms`` is one row of measurements indexed by steps back.
+    """
+    if not isinstance(norms, Tensor) or norms.ndim != 1:
+        raise ValueError("norms must be a 1-d tensor indexed by steps back")
+    window = norms[start:stop].double()
+    if window.numel() < 2:
+        raise ValueError(f"the window [{start}, {stop}) holds fewer than 2 norms")
+    if not bool(torch.all(torch.isfinite(window) & (window > 0))):
+        raise ValueError("norms in the window must be finite and > 0 to take their log")
+    k = torch.arange(window.numel(), dtype=torch.float64)
+    k = k - k.mean()
+    log_norm = window.log()
+    return float((k * (log_norm - log_norm.mean())).sum() / (k * k).sum())
+
+
+def gated_gradient_norms(
+    cell: str,
+    hidden_size: int,
+    steps: int,
+    *,
+    input_size: int = 1,
+    gate_bias: float = 0.0,
+    input_scale: float = 1.0,
+    batch: int = 1,
+    seed: int = 0,
+) -> Tensor:
+    r"""BPTT gradient norms of an LSTM or GRU cell at PyTorch's default initialisation.
+
+    The cell (``"lstm"`` or ``"gru"``) runs ``steps`` steps on Gaussian inputs times
+    ``input_scale`` from a zero state; the loss is :math:`L = \sum_b v^\top h_T^{(b)}`
+    with :math:`v` all ones, normalised. Entry ``k`` is the norm of :math:`\partial L /
+    \partial s_{T-k}` where the state :math:`s_t` is :math:`(h_t, c_t)` for the LSTM and
+    :math:`h_t` for the GRU. ``gate_bias`` is added to the bias of the gate that keeps
+    the state: the forget gate of the LSTM, the update gate :math:`z` of the GRU
+    (:math:`h_t = (1 - z) \odot n + z \odot h_{t-1}`). Returns ``(batch, steps + 1)``.
+    """
+    if cell not in GATED_CELLS:
+        raise ValueError(f"cell must be one of {GATED_CELLS}, got {cell!r}")
+    hidden_size = _check_count(hidden_size, "hidden_size", 1)
+    steps = _check_count(steps, "steps", 0)
+    input_size = _check_count(input_size, "input_size", 1)
+    batch = _check_count(batch, "batch", 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = (
+            nn.LSTMCell(input_size, hidden_size)
+            if cell == "lstm"
+            else nn.GRUCell(input_size, hidden_size)
+        )
+    with torch.no_grad():  # gates are stacked [i, f, g, o] (LSTM) and [r, z, n] (GRU)
+        module.bias_ih[hidden_size : 2 * hidden_size] += gate_bias
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(steps, batch, input_size, generator=generator) * input_scale
+    h = torch.zeros(batch, hidden_size, requires_grad=True)
+    c = torch.zeros(batch, hidden_size, requires_grad=True)
+    states = [(h, c)]
+    with single_thread():
+        for t in range(steps):
+            h, c = module(x[t], (h, c)) if cell == "lstm" else (module(x[t], h), c)
+            states.append((h, c))
+        direction = torch.full((hidden_size,), 1.0 / math.sqrt(hidden_size))
+        loss = (h * direction).sum()
+        flat = [s for pair in states for s in (pair if cell == "lstm" else pair[:1])]
+        grads = torch.autograd.grad(loss, flat, allow_unused=True)
+    per_state = 2 if cell == "lstm" else 1
+    squares = [
+        sum(torch.linalg.vector_norm(g, dim=-1) ** 2 for g in grads[i : i + per_state])
+        for i in range(0, len(grads), per_state)
+    ]
+    return torch.stack(squares, dim=-1).sqrt().flip(-1).detach()
