@@ -1,0 +1,151 @@
+"""Clipping with torch.distributed (gloo, CPU): each claim of notebook 08, with real processes.
+
+One group of two workers runs every experiment (starting processes is the slow part);
+the failure tests start their own groups, since a failure ends a group.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from clipping_lib.distributed import (
+    WorkerError,
+    WorkerGroup,
+    accumulation_no_sync,
+    ddp_clip_step,
+    free_port,
+    make_batch,
+    misbehave,
+    sharded_norms,
+    sharded_total_norm,
+)
+
+MAX_NORM = 0.2
+TENSOR = torch.arange(5.0)
+
+
+@pytest.fixture(scope="module")
+def results():
+    with WorkerGroup(2, timeout=60) as group:
+        yield {
+            "ddp": group.run(ddp_clip_step, max_norm=MAX_NORM),
+            "sharded": group.run(sharded_norms, max_norm=MAX_NORM),
+            "accumulation": group.run(accumulation_no_sync, max_norm=MAX_NORM),
+            "p3": group.run(sharded_total_norm, local_tensors=[TENSOR], norm_type=3),
+            "inf": group.run(sharded_total_norm, local_tensors=[TENSOR], norm_type="inf"),
+        }
+
+
+def close(a, b, rtol=1e-5, atol=1e-7):
+    return torch.allclose(a, b, rtol=rtol, atol=atol)
+
+
+def test_ddp_norm_is_the_full_batch_norm_and_clipping_matches(results):
+    for rank in results["ddp"]:
+        assert rank["full_norm"] > MAX_NORM  # clipping is active in this experiment
+        assert close(rank["ddp_norm"], rank["full_norm"], rtol=1e-6)
+        assert close(rank["ddp_clipped"], rank["full_clipped"])
+    zero, one = results["ddp"]
+    assert torch.equal(zero["ddp_clipped"], one["ddp_clipped"])  # replicas stay identical
+
+
+def test_clipping_before_aggregation_gives_another_update(results):
+    zero, one = results["ddp"]
+    assert not close(zero["local_norm"], one["local_norm"], rtol=0.1)  # the workers disagree
+    wrong, right = zero["local_then_mean"], zero["full_clipped"]
+    assert (wrong - right).norm() / right.norm() > 0.2
+    assert torch.nn.functional.cosine_similarity(wrong, right, dim=0) < 0.99
+
+
+def test_sharded_local_norm_is_wrong_and_global_norm_matches(results):
+    zero, one = results["sharded"]
+    for rank in (zero, one):
+        assert rank["fsdp_local_norm"] < 0.95 * rank["full_norm"]
+        assert close(rank["fsdp_norm"], rank["full_norm"], rtol=1e-6)
+        assert close(rank["fsdp_inf_norm"], rank["full_inf_norm"], rtol=1e-6)
+        assert close(rank["fsdp_clipped"], rank["full_clipped"])
+        assert close(rank["manual_norm"], rank["full_norm"], rtol=1e-6)
+        assert close(rank["manual_inf_norm"], rank["full_inf_norm"], rtol=1e-6)
+    squares = zero["manual_local_norm"] ** 2 + one["manual_local_norm"] ** 2
+    assert close(squares.sqrt(), zero["full_norm"], rtol=1e-6)
+    manual = torch.cat([zero["manual_clipped"], one["manual_clipped"]])
+    assert close(manual, zero["full_clipped"])
+
+
+def test_sharded_total_norm_other_orders(results):
+    # Both ranks pass the same tensor t: the global p-norm is (2 ||t||_p^p)^(1/p).
+    for value in results["p3"]:
+        assert close(value, (2 * TENSOR.pow(3).sum()) ** (1 / 3))
+    for value in results["inf"]:
+        assert value == 4.0
+
+
+def test_accumulation_clip_once_after_the_syncing_step(results):
+    zero, one = results["accumulation"]
+    assert not close(zero["micro_norms"][0], one["micro_norms"][0], rtol=0.05)  # local
+    assert close(zero["micro_norms"][-1], one["micro_norms"][-1], rtol=1e-6)  # synced
+    assert close(zero["micro_norms"][-1], zero["full_norm"], rtol=1e-6)
+    for rank in (zero, one):
+        assert close(rank["clipped_once"], rank["full_clipped"])
+        wrong = rank["clipped_every_step"]
+        assert (wrong - rank["full_clipped"]).norm() / rank["full_clipped"].norm() > 0.1
+
+
+def test_batch_has_outliers_on_the_last_rank():
+    _, y = make_batch(32, seed=0)
+    assert y[28:].abs().mean() > 5 * y[:28].abs().mean()
+
+
+def test_a_raising_worker_fails_fast_with_its_traceback():
+    group = WorkerGroup(2, timeout=60)
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"worker 1 of 2 failed(.|\n)*failed on purpose"):
+        group.run(misbehave, rank=1, how="raise")
+    assert time.monotonic() - start < 10  # not the 60 s timeout: rank 0 was stopped
+    assert group.closed and not any(p.is_alive() for p in group._processes)
+    with pytest.raises(RuntimeError, match="closed"):
+        group.run(misbehave)
+
+
+@pytest.mark.parametrize(
+    ("how", "message"), [("exit", "exited with code 3"), ("hang", "timed out after 2 s")]
+)
+def test_a_dying_or_hanging_worker_fails_fast(how, message):
+    with WorkerGroup(1, timeout=2) as group:
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=message):
+            group.run(misbehave, rank=0, how=how)
+        assert time.monotonic() - start < 10
+        assert not any(p.is_alive() for p in group._processes)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"world_size": 0}, ValueError, "world_size"),
+        ({"world_size": 2.0}, TypeError, "world_size"),
+        ({"timeout": 0}, ValueError, "timeout"),
+        ({"timeout": math.nan}, ValueError, "timeout"),
+        ({"start_timeout": -1}, ValueError, "start_timeout"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        WorkerGroup(**kwargs)
+
+
+def test_free_port_is_bindable_on_loopback():
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_misbehave_checks_how():
+    with pytest.raises(ValueError, match="how"):
+        misbehave(0, how="explode")
