@@ -45,7 +45,9 @@ def test_each_sgd_step_moves_the_weights_by_lr_times_the_clipped_gradient(task):
     torch.nn.functional.mse_loss(model(inputs), targets).backward()
     NormClip(0.01)(model.parameters())
     expected = [p.detach() - 0.5 * p.grad for p in model.parameters()]
-    moved = torch.cat([(e - p.detach()).flatten() for e, p in zip(expected, model.parameters())])
+    moved = torch.cat(
+        [(e - p.detach()).flatten() for e, p in zip(expected, model.parameters(), strict=True)]
+    )
     assert torch.linalg.vector_norm(moved).item() <= 0.5 * 0.01 * (1 + 1e-5)
     history = train_rnn(task, NormClip(0.01), lr=0.5, steps=2, **SMALL)
     assert history.loss[0] == pytest.approx(
@@ -57,7 +59,7 @@ def test_each_sgd_step_moves_the_weights_by_lr_times_the_clipped_gradient(task):
 
 def test_model_weights_depend_on_the_seed_only():
     a, b, c = (TanhRNN(2, 8, 1, seed=s) for s in (1, 1, 2))
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.rnn.weight_hh_l0, c.rnn.weight_hh_l0)
     big = TanhRNN(2, 256, 1, seed=0, recurrent_scale=1.5)
     radius = torch.linalg.eigvals(big.rnn.weight_hh_l0).abs().max().item()
@@ -81,7 +83,8 @@ def test_a_diverging_run_does_not_disturb_the_others(task):
     together = train_many(task, [50.0, 0.1], ["none", "norm"], [math.inf, 0.5], steps=40, **SMALL)
     assert together.diverged.tolist() == [True, False]
     stop = together.diverged_at[0]
-    assert np.isfinite(together.loss[0, :stop]).all() and np.isnan(together.loss[0, stop + 1 :]).all()
+    assert np.isfinite(together.loss[0, :stop]).all()
+    assert np.isnan(together.loss[0, stop + 1 :]).all()
     np.testing.assert_allclose(together.loss[1], alone.loss[0], rtol=1e-5)
     assert len(together.run(0).loss) == stop + 1
 
