@@ -411,7 +411,8 @@ def sharded_norms(max_norm: float = 1.0, seed: int = 0, batch_size: int = 32) ->
 
     Returns, on each rank: the single-process reference (``full_norm``, ``full_inf_norm``,
     ``full_clipped``); for FSDP2, ``fsdp_local_norm`` (this rank's shards only: wrong),
-    ``fsdp_norm`` and ``fsdp_inf_norm`` (``get_total_norm`` of the DTensor gradients) and
+    ``fsdp_norm`` and ``fsdp_inf_norm`` (``get_total_norm`` of the DTensor gradients, whose
+    placements are ``fsdp_norm_placements`` before ``full_tensor()``) and
     ``fsdp_clipped`` (the full gradient after ``clip_grad_norm_``, gathered); for the
     manual sharding of the flat full-batch gradient, ``shard`` (this rank's slice),
     ``manual_local_norm``, ``manual_norm``, ``manual_inf_norm`` and ``manual_clipped``
@@ -434,6 +435,7 @@ def sharded_norms(max_norm: float = 1.0, seed: int = 0, batch_size: int = 32) ->
     grads = [p.grad for p in model.parameters()]
     result["fsdp_local_norm"] = get_total_norm([g.to_local() for g in grads])
     result["fsdp_inf_norm"] = get_total_norm(grads, math.inf).full_tensor()
+    result["fsdp_norm_placements"] = str(get_total_norm(grads).placements)
     result["fsdp_norm"] = clip_grad_norm_(model.parameters(), max_norm).full_tensor()
     result["fsdp_clipped"] = torch.cat([g.full_tensor().reshape(-1) for g in grads])
 
