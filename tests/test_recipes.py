@@ -197,3 +197,23 @@ def test_recipes_name_bad_arguments():
         recipes.register_clip_pre_hook(opt, math.nan)
     with pytest.raises(ValueError, match="norm_type"):
         recipes.register_clip_pre_hook(opt, 1.0, norm_type=0)
+
+
+def test_pre_hook_under_grad_scaler_sees_unscaled_grads_and_skips_with_the_step():
+    model, x, y = _model_and_batch()
+    reference, _, _ = _model_and_batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    norms: list[torch.Tensor] = []
+    recipes.register_clip_pre_hook(opt, 1.0, norms=norms)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(_loss(model, x, y)).backward()
+    _loss(reference, x, y).backward()
+    scaler.step(opt)  # unscales, then calls opt.step(), which runs the hook
+    scaler.update()
+    true_norm = get_total_norm([p.grad for p in reference.parameters()])
+    assert len(norms) == 1 and norms[0].item() == pytest.approx(true_norm.item(), rel=1e-5)
+    opt.zero_grad()
+    scaler.scale(_loss(model, x, y)).backward()
+    next(model.parameters()).grad[0, 0] = math.inf
+    scaler.step(opt)  # overflow: the step is skipped, and the hook with it
+    assert len(norms) == 1
