@@ -1,0 +1,87 @@
+"""Notebook 07's panel: the NumPy replays equal the library clippers; the controls redraw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clipping_lib.adaptive import AutoClip, ZClip
+from clipping_lib.panels.adaptive import (
+    METHODS,
+    PANELS,
+    autoclip_thresholds,
+    replay,
+    zclip_thresholds,
+)
+
+
+def clipper_replay(clipper, norms):
+    """Feed each norm to a real clipper as the gradient of a one-element parameter."""
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    steps = []
+    for n in norms:
+        p.grad = torch.tensor([n], dtype=torch.float64)
+        steps.append(clipper([p]))
+    return (
+        np.array([s.threshold.item() for s in steps]),
+        np.array([bool(s.clipped) for s in steps]),
+    )
+
+
+def spiky_norms(seed, size=80):
+    rng = np.random.default_rng(seed)
+    norms = rng.lognormal(sigma=0.5, size=size)
+    norms[rng.choice(size, 5, replace=False)] *= 30
+    return norms
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), percentile=st.floats(1.0, 100.0))
+def test_autoclip_replay_equals_the_clipper(seed, percentile):
+    norms = spiky_norms(seed)
+    thresholds, clipped = clipper_replay(AutoClip(percentile), norms)
+    np.testing.assert_allclose(autoclip_thresholds(norms, percentile), thresholds, rtol=1e-9)
+    np.testing.assert_array_equal(replay(norms, "AutoClip", percentile=percentile).clipped, clipped)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), z=st.floats(0.5, 5.0), alpha=st.floats(0.5, 0.99))
+def test_zclip_replay_equals_the_clipper(seed, z, alpha):
+    norms = spiky_norms(seed)
+    thresholds, clipped = clipper_replay(ZClip(alpha, z), norms)
+    np.testing.assert_allclose(zclip_thresholds(norms, alpha, z), thresholds, rtol=1e-9)
+    np.testing.assert_array_equal(replay(norms, "ZClip", z_thresh=z, alpha=alpha).clipped, clipped)
+
+
+def test_fixed_replay_and_bad_input():
+    norms = np.array([0.5, 2.0, 1.0])
+    np.testing.assert_array_equal(replay(norms, "fixed", max_norm=1.0).clipped, [0, 1, 0])
+    with pytest.raises(ValueError, match="method"):
+        replay(norms, "AGC")
+    with pytest.raises(ValueError, match="percentile"):
+        autoclip_thresholds(norms, 0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        zclip_thresholds(norms, alpha=1.0)
+
+
+def test_panel_switches_methods_and_parameters():
+    panel = PANELS["adaptive"]()
+    images, readouts = {panel.image.value}, set()
+    for method in METHODS:
+        panel.controls["method"].value = method
+        images.add(panel.image.value)
+        readouts.add(panel.readout.value)
+    assert len(images) == len(METHODS) and len(readouts) == len(METHODS)
+    assert "ZClip" in panel.readout.value and "spikes clipped: 8 of 8" in panel.readout.value
+    panel.controls["method"].value = "fixed"
+    panel.controls["max_norm"].value = 100.0  # above every norm: nothing clipped
+    assert "clip rate 0.0%" in panel.readout.value
+    panel.controls["method"].value = "AutoClip"
+    panel.controls["percentile"].value = 100.0  # the running maximum never clips
+    assert "clip rate 0.0%" in panel.readout.value
+    for name in ("z_thresh", "alpha"):  # every value in range is accepted
+        widget = panel.controls[name]
+        widget.value, widget.value = widget.min, widget.max
