@@ -93,8 +93,8 @@ def norm_clipping_panel(
     )
     ax.axvline(count + 0.1, color="grey", lw=0.8)
     ax.set_xticks(x, [*PARAMETER_NAMES, "TOTAL"], fontsize=8)
-    ax.set(xlim=(-0.6, x[-1] + 0.6), ylabel="gradient norm (chosen norm_type)")
-    ax.set_title("clip_grad_norm_ on six gradient tensors", fontsize=10)
+    ax.set(xlim=(-0.6, x[-1] + 0.6), ylabel="norm (norm_type)")
+    ax.set_title("clip_grad_norm_ on six tensors", fontsize=10)
     ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
     ax.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
@@ -214,7 +214,7 @@ def fp16_norm_panel(log10_n: int = 3, log10_magnitude: float = 2.0) -> SliderPan
     ax.set_yticks(range(len(FP16_METHODS)), FP16_METHODS)
     ticks = np.arange(-6, 5, 2)
     ax.set_xticks(ticks, [f"1e{t}" for t in ticks])
-    ax.set(xlabel="size of every element |g_i| (log scale)", title="float16 gradient: its L2 norm")
+    ax.set(xlabel="|g_i| (log scale)", title="L2 norm of a float16 gradient")
     ax.legend(
         handles=[Patch(color=c, label=n) for c, n in zip(STATUS_COLORS, STATUS_NAMES, strict=True)],
         loc="upper center",
