@@ -53,6 +53,11 @@ def test_fp16_norms_break_where_float16_breaks():
     assert rows["float16 vector_norm"][2] == pytest.approx(3000, rel=1e-3)
     for name in ("pre-scaled", "float32 accumulation"):
         torch.testing.assert_close(rows[name], true, rtol=1e-3, atol=0)
+    # n = 1000: the float16 *sum* of squares overflows once 1000 m^2 > 65504, near m = 8.1;
+    # at m = 5e-4 the squares are subnormal and the norm is off by more than 1%.
+    rows = api.fp16_norms(torch.tensor([5e-4, 8.0, 9.0]), 1000)
+    assert abs(rows["float16 squares"][0] / rows["true"][0] - 1) > 0.01
+    assert math.isfinite(rows["float16 squares"][1]) and math.isinf(rows["float16 squares"][2])
     with pytest.raises(ValueError, match="n must be >= 1"):
         api.fp16_norms(magnitudes, 0)
 

@@ -8,9 +8,10 @@ r"""Panels for notebooks 03 (the PyTorch API) and 04 (clipping by hand).
   :math:`c\,\varepsilon / (\lVert g\rVert + \varepsilon)`.
 * ``fp16_norm`` (04): the L2 norm of a float16 gradient of ``n`` equal elements of
   size ``m``, computed four ways, against the exact norm :math:`m\sqrt{n}`. Squares
-  in float16 overflow above :math:`|g| \approx 256` (and underflow below
-  :math:`\approx 2.4\cdot 10^{-4}`); pre-scaling by :math:`\max|g|` or accumulating in
-  float32 does not.
+  in float16 overflow above :math:`|g| \approx 256` and their float16 sum above 65504;
+  below :math:`|g| \approx 7.8\cdot 10^{-3}` the squares are subnormal (inaccurate) and
+  below :math:`\approx 2\cdot 10^{-4}` they are 0. Pre-scaling by :math:`\max|g|` or
+  accumulating in float32 avoids both.
 """
 
 from __future__ import annotations
