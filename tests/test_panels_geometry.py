@@ -117,6 +117,8 @@ def test_freeze_static_artists_draws_the_same_pixels():
     np.testing.assert_array_equal(before, after)
     dynamic.set_data([0, 1], [0.5, 0.5])
     assert not np.array_equal(after, np.asarray(Image.open(io.BytesIO(figure_to_png(figure)))))
+    with pytest.raises(RuntimeError, match="frozen"):
+        figure.savefig(io.BytesIO(), format="png", dpi=200)
 
 
 def test_geometry_panel_moves_the_arrows():

@@ -44,6 +44,12 @@ class _StaticPixels(Artist):
         self.set_zorder(-10)
 
     def draw(self, renderer) -> None:
+        size = (getattr(renderer, "height", None), getattr(renderer, "width", None))
+        if size != self._rgba.shape[:2]:
+            raise RuntimeError(
+                "this figure's static artists were frozen into pixels at its own dpi; "
+                "render it with clipping_lib.plots.figure_to_png, not at another size or format"
+            )
         gc = renderer.new_gc()
         renderer.draw_image(gc, 0, 0, self._rgba)
         gc.restore()
@@ -56,7 +62,8 @@ def freeze_static_artists(figure: Figure, dynamic: list[Artist]) -> None:
     a draw costs a copy of the frozen pixels plus the dynamic artists (about 10x
     faster). The axes keep their transforms, so dynamic artists land where they did,
     but limits, ticks and labels are frozen: set them before calling, never after.
-    Dynamic artists are drawn above every static one.
+    Dynamic artists are drawn above every static one. The figure then renders only as
+    a raster of its own size (``figure_to_png``); other sizes or formats raise.
     """
     for artist in dynamic:
         artist.set_visible(False)
