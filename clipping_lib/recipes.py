@@ -68,9 +68,11 @@ def clip_and_step(
     r"""Clip the gradients to ``max_norm``, then ``optimizer.step()``; return the pre-clip norm.
 
     Call it after ``loss.backward()``. With ``skip_nonfinite=True`` a NaN or inf norm
-    skips the step (the parameters stay unchanged; one host sync); otherwise such a
-    norm propagates as in PyTorch: the coefficient :math:`c/\infty = 0` zeroes the
-    finite gradients and turns the infinite ones into NaN.
+    skips the step (one host sync): the parameters stay unchanged, the gradients are
+    left as clipping made them, for the next ``zero_grad()``. Otherwise such a norm
+    propagates as in PyTorch: the coefficient :math:`c/\infty = 0` zeroes the finite
+    gradients and turns the infinite ones into NaN, which ``step()`` writes into the
+    parameters.
     """
     optimizer = _check_optimizer(optimizer)
     params = as_tensor_list(parameters, "parameters")
