@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from clipping_lib.clip import get_total_norm
 from clipping_lib.strategies import Clipper, ClipStep
 from clipping_lib.tasks import SequenceTask
 
@@ -42,6 +44,22 @@ Method = Literal["none", "norm", "value"]
 METHODS: tuple[str, ...] = ("none", "norm", "value")
 NORM_CLIP_EPS = 1e-6  # the eps of PyTorch's clip_grad_norm_ and of NormClip's default
 FINAL_WINDOW = 50  # final loss = mean training loss over this many last steps
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread inside the block, then restore the thread count.
+
+    The matrices here are at most 32 x 32 per model: splitting them between threads costs
+    more than it saves, and on a busy machine waiting for the other threads costs far
+    more (we measured up to 10x slower training with two threads on a shared 2-core CPU).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class TanhRNN(nn.Module):
@@ -99,12 +117,15 @@ class TrainingHistory:
     """One run, one entry per step taken (a diverged run's last entry is the bad step).
 
     ``loss[k]`` is the mini-batch loss before update ``k``; ``grad_norm[k]`` the global L2
-    norm of the gradients before clipping; ``threshold[k]`` the clipper's threshold (inf
-    when none); ``clipped[k]`` whether the clipper changed the gradients.
+    norm of the gradients before clipping; ``applied_norm[k]`` the norm of the gradient the
+    SGD step used (after clipping), so update ``k`` moved the weights by ``lr *
+    applied_norm[k]``; ``threshold[k]`` the clipper's threshold (inf when none);
+    ``clipped[k]`` whether the clipper changed the gradients.
     """
 
     loss: np.ndarray
     grad_norm: np.ndarray
+    applied_norm: np.ndarray
     threshold: np.ndarray
     clipped: np.ndarray
     diverged: bool
@@ -149,6 +170,7 @@ def _check_task(task: object) -> SequenceTask:
     return task
 
 
+@one_thread()
 def train_rnn(
     task: SequenceTask,
     clipper: Clipper | Callable[..., ClipStep],
@@ -157,7 +179,7 @@ def train_rnn(
     steps: int,
     hidden_size: int = 32,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = 32,
     recurrent_scale: float = 1.0,
 ) -> TrainingHistory:
     """Train a :class:`TanhRNN` on ``task`` with SGD, clipping each gradient with ``clipper``.
@@ -180,6 +202,7 @@ def train_rnn(
     params = list(model.parameters())
     losses: list[Tensor] = []
     records: list[ClipStep] = []
+    applied: list[Tensor] = []
     diverged = False
     for step in range(steps):
         inputs, targets = task.batch(step, batch_size)
@@ -190,6 +213,7 @@ def train_rnn(
         record = clipper(params)
         losses.append(loss.detach())
         records.append(record)
+        applied.append(get_total_norm([p.grad for p in params]))
         if not torch.isfinite(loss.detach() + record.total_norm):  # the one sync per step
             diverged = True
             break
@@ -199,6 +223,7 @@ def train_rnn(
     return TrainingHistory(
         loss=torch.stack(losses).double().numpy(),
         grad_norm=torch.stack([r.total_norm for r in records]).double().numpy(),
+        applied_norm=torch.stack(applied).double().numpy(),
         threshold=torch.stack([r.threshold for r in records]).double().numpy(),
         clipped=torch.stack([r.clipped for r in records]).numpy(),
         diverged=diverged,
@@ -215,6 +240,7 @@ class BatchedHistory:
     thresholds: np.ndarray  # (M,), inf for "none"
     loss: np.ndarray
     grad_norm: np.ndarray
+    applied_norm: np.ndarray
     clipped: np.ndarray
     diverged: np.ndarray  # (M,) bool
     diverged_at: np.ndarray  # (M,) the step whose loss or norm was not finite, -1 if none
@@ -230,6 +256,7 @@ class BatchedHistory:
         return TrainingHistory(
             loss=self.loss[index, :end],
             grad_norm=self.grad_norm[index, :end],
+            applied_norm=self.applied_norm[index, :end],
             threshold=np.full(end, self.thresholds[index]),
             clipped=self.clipped[index, :end],
             diverged=bool(self.diverged[index]),
@@ -237,29 +264,84 @@ class BatchedHistory:
         )
 
 
-def _stacked_forward(params: dict[str, Tensor], inputs: Tensor) -> Tensor:
-    """``M`` tanh RNNs on one batch: ``inputs (B, T, I)`` -> outputs ``(M, B, O)``."""
-    drive = torch.einsum("bti,mhi->tmbh", inputs, params["weight_ih"])
-    drive = drive + (params["bias_ih"] + params["bias_hh"])[:, None, :]
-    steps = drive.unbind(0)  # one view per time step; its backward is a single stack
-    w_hh_t = params["weight_hh"].transpose(1, 2)
-    hidden = torch.tanh(steps[0])
-    for drive_t in steps[1:]:
-        hidden = torch.tanh(torch.baddbmm(drive_t, hidden, w_hh_t))
-    return torch.baddbmm(
-        params["bias_out"][:, None, :], hidden, params["weight_out"].transpose(1, 2)
-    )
+_PARAMETER_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bias_out")
 
 
-def _stacked_loss(task: SequenceTask, outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-model mean loss, shape ``(M,)``."""
+def _stacked_parameters(model: TanhRNN, m: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """``m`` copies of ``model``'s weights as rows of one ``(m, P)`` tensor, and named views."""
+    single = [
+        model.rnn.weight_ih_l0,
+        model.rnn.weight_hh_l0,
+        model.rnn.bias_ih_l0,
+        model.rnn.bias_hh_l0,
+        model.readout.weight,
+        model.readout.bias,
+    ]
+    flat = torch.cat([p.detach().flatten() for p in single]).repeat(m, 1)
+    views, offset = {}, 0
+    for name, p in zip(_PARAMETER_NAMES, single, strict=True):
+        views[name] = flat[:, offset : offset + p.numel()].view(m, *p.shape)
+        offset += p.numel()
+    return flat, views
+
+
+def _stacked_loss_and_grads(
+    task: SequenceTask, params: dict[str, Tensor], inputs: Tensor, targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""``M`` tanh RNNs on one batch: per-model mean loss ``(M,)`` and gradients ``(M, P)``.
+
+    Backpropagation through time written out, because for many small models it costs
+    about half of what autograd does (the tests check it gives autograd's gradients):
+    with :math:`a_t` the pre-activation and :math:`\delta_t = \partial L / \partial a_t`,
+    :math:`\delta_t = (\partial L/\partial h_t) \odot (1 - h_t^2)` and
+    :math:`\partial L/\partial h_{t-1} = \delta_t W_{hh}`; each weight gradient is a sum
+    over time, one batched product over all steps at the end.
+    """
+    batch, length, _ = inputs.shape
+    m, hidden_size = params["bias_hh"].shape
+    steps_first = inputs.transpose(0, 1).reshape(length * batch, -1)  # row t*B + b
+    drive = torch.matmul(steps_first, params["weight_ih"].mT)  # (M, T*B, H)
+    drive += (params["bias_ih"] + params["bias_hh"])[:, None, :]
+    drive = drive.view(m, length, batch, hidden_size)
+    states = torch.empty(m, length + 1, batch, hidden_size)  # states[:, t + 1] = h_t
+    states[:, 0] = 0.0  # h_{-1} = 0
+    w_hh_t = params["weight_hh"].mT.contiguous()
+    for t in range(length):
+        torch.tanh(torch.baddbmm(drive[:, t], states[:, t], w_hh_t), out=states[:, t + 1])
+    last = states[:, -1]
+    outputs = torch.baddbmm(params["bias_out"][:, None, :], last, params["weight_out"].mT)
     if task.loss == "mse":
-        return ((outputs - targets) ** 2).mean(dim=(1, 2))
-    m, b, o = outputs.shape
-    per_sample = F.cross_entropy(outputs.reshape(m * b, o), targets.repeat(m), reduction="none")
-    return per_sample.view(m, b).mean(dim=1)
+        error = outputs - targets
+        loss = error.pow(2).mean(dim=(1, 2))
+        d_outputs = error * (2.0 / error[0].numel())
+    else:
+        log_probs = torch.log_softmax(outputs, dim=2)
+        loss = -log_probs[:, torch.arange(batch), targets].mean(dim=1)
+        d_outputs = log_probs.exp()
+        d_outputs[:, torch.arange(batch), targets] -= 1.0
+        d_outputs /= batch
+    d_outputs = torch.where(torch.isfinite(loss)[:, None, None], d_outputs, 0.0)
+    delta = torch.empty(m, length, batch, hidden_size)
+    d_hidden = torch.bmm(d_outputs, params["weight_out"])
+    tanh_slopes = 1.0 - states[:, 1:].square()
+    for t in range(length - 1, -1, -1):
+        torch.mul(d_hidden, tanh_slopes[:, t], out=delta[:, t])
+        if t:
+            d_hidden = torch.bmm(delta[:, t], params["weight_hh"])
+    delta_rows = delta.view(m, length * batch, hidden_size)
+    previous_rows = states[:, :-1].reshape(m, length * batch, hidden_size)
+    grads = {
+        "weight_ih": torch.matmul(steps_first.T, delta_rows).mT,
+        "weight_hh": torch.bmm(delta_rows.mT, previous_rows),
+        "bias_ih": delta_rows.sum(dim=1),
+        "bias_hh": delta_rows.sum(dim=1),
+        "weight_out": torch.bmm(d_outputs.mT, last),
+        "bias_out": d_outputs.sum(dim=1),
+    }
+    return loss, torch.cat([grads[name].reshape(m, -1) for name in _PARAMETER_NAMES], dim=1)
 
 
+@one_thread()
 def train_many(
     task: SequenceTask,
     learning_rates: Sequence[float],
@@ -269,7 +351,7 @@ def train_many(
     steps: int,
     hidden_size: int = 32,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = 32,
     recurrent_scale: float = 1.0,
     check_every: int = 25,
 ) -> BatchedHistory:
@@ -318,44 +400,28 @@ def train_many(
     model = TanhRNN(
         task.input_size, hidden_size, task.output_size, seed=seed, recurrent_scale=recurrent_scale
     )
-    single = {
-        "weight_ih": model.rnn.weight_ih_l0,
-        "weight_hh": model.rnn.weight_hh_l0,
-        "bias_ih": model.rnn.bias_ih_l0,
-        "bias_hh": model.rnn.bias_hh_l0,
-        "weight_out": model.readout.weight,
-        "bias_out": model.readout.bias,
-    }
-    params = {
-        name: p.detach().expand(m, *p.shape).clone().requires_grad_() for name, p in single.items()
-    }
+    flat, params = _stacked_parameters(model, m)
     alive = torch.ones(m, dtype=torch.bool)
     losses = torch.full((steps, m), math.nan)
     norms = torch.full((steps, m), math.nan)
+    applied_norms = torch.full((steps, m), math.nan)
     clipped = torch.zeros((steps, m), dtype=torch.bool)
     diverged_at = torch.full((m,), -1)
     for step in range(steps):
         inputs, targets = task.batch(step, batch_size)
-        loss = _stacked_loss(task, _stacked_forward(params, inputs), targets)
-        grads = torch.autograd.grad(torch.where(alive, loss, 0.0).sum(), list(params.values()))
-        squares = sum(g.pow(2).flatten(1).sum(dim=1) for g in grads)
-        norm = squares.sqrt()
+        loss, grad = _stacked_loss_and_grads(task, params, inputs, targets)
+        norm = torch.linalg.vector_norm(grad, dim=1)
         finite = torch.isfinite(loss) & torch.isfinite(norm)
-        newly_diverged = alive & ~finite
-        diverged_at = torch.where(newly_diverged, step, diverged_at)
-        losses[step] = torch.where(alive, loss.detach(), math.nan)
+        diverged_at = torch.where(alive & ~finite, step, diverged_at)
+        losses[step] = torch.where(alive, loss, math.nan)
         norms[step] = torch.where(alive, norm, math.nan)
         alive = alive & finite
         scale = torch.clamp(norm_threshold / (norm + NORM_CLIP_EPS), max=1.0)
-        value_clipped = torch.zeros(m, dtype=torch.bool)
-        step_size = torch.where(alive, lr, 0.0)
-        with torch.no_grad():
-            for p, g in zip(params.values(), grads, strict=True):
-                shape = (m,) + (1,) * (g.ndim - 1)
-                bound = value_threshold.view(shape)
-                value_clipped |= (g.abs() > bound).flatten(1).any(dim=1)
-                g = torch.maximum(torch.minimum(g * scale.view(shape), bound), -bound)
-                p.sub_(torch.where(alive.view(shape), step_size.view(shape) * g, 0.0))
+        bound = value_threshold[:, None]
+        value_clipped = (grad.abs() > bound).any(dim=1)
+        grad = torch.maximum(torch.minimum(grad * scale[:, None], bound), -bound)
+        applied_norms[step] = torch.where(alive, torch.linalg.vector_norm(grad, dim=1), math.nan)
+        flat -= torch.where(alive[:, None], lr[:, None] * grad, 0.0)  # SGD; frozen once diverged
         clipped[step] = alive & ((is_norm & (norm > norm_threshold)) | (is_value & value_clipped))
         if (step + 1) % check_every == 0 and not alive.any():
             break
@@ -365,6 +431,7 @@ def train_many(
         thresholds=threshold.double().numpy(),
         loss=losses.T.double().numpy(),
         grad_norm=norms.T.double().numpy(),
+        applied_norm=applied_norms.T.double().numpy(),
         clipped=clipped.T.numpy(),
         diverged=(diverged_at >= 0).numpy(),
         diverged_at=diverged_at.numpy(),

@@ -36,6 +36,10 @@ def test_norm_clipped_run_at_the_same_lr_survives_and_records_each_step(task):
     np.testing.assert_array_equal(history.clipped, history.grad_norm > 0.05)
     np.testing.assert_array_equal(history.threshold, np.full(60, 0.05, dtype=np.float32))
     assert history.clip_rate == pytest.approx(np.mean(history.grad_norm > 0.05))
+    assert np.all(history.applied_norm <= 0.05 * (1 + 1e-6))  # float32 rounding of 0.05
+    np.testing.assert_allclose(
+        history.applied_norm, np.minimum(history.grad_norm, 0.05), rtol=1e-4
+    )
 
 
 def test_each_sgd_step_moves_the_weights_by_lr_times_the_clipped_gradient(task):
@@ -61,7 +65,7 @@ def test_model_weights_depend_on_the_seed_only():
     a, b, c = (TanhRNN(2, 8, 1, seed=s) for s in (1, 1, 2))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.rnn.weight_hh_l0, c.rnn.weight_hh_l0)
-    big = TanhRNN(2, 256, 1, seed=0, recurrent_scale=1.5)
+    big = TanhRNN(2, 128, 1, seed=0, recurrent_scale=1.5)
     radius = torch.linalg.eigvals(big.rnn.weight_hh_l0).abs().max().item()
     assert radius == pytest.approx(1.5, rel=0.1)
 
@@ -75,6 +79,7 @@ def test_batched_runs_reproduce_single_runs(task, method, clipper, threshold):
     batched = train_many(task, [0.05, 0.2], ["norm", method], [1.0, threshold], steps=30, **SMALL)
     np.testing.assert_allclose(batched.run(1).loss, single.loss, rtol=1e-4)
     np.testing.assert_allclose(batched.run(1).grad_norm, single.grad_norm, rtol=1e-4)
+    np.testing.assert_allclose(batched.run(1).applied_norm, single.applied_norm, rtol=1e-4)
     np.testing.assert_array_equal(batched.run(1).clipped, single.clipped)
 
 
