@@ -29,15 +29,25 @@ TENSOR = torch.arange(5.0)
 
 
 @pytest.fixture(scope="module")
-def results():
-    with WorkerGroup(2, timeout=60) as group:
-        yield {
+def group_and_results():
+    """Every experiment's results, computed at once; then the group, for the failure test."""
+    group = WorkerGroup(2, timeout=60)
+    try:
+        results = {
             "ddp": group.run(ddp_clip_step, max_norm=MAX_NORM),
             "sharded": group.run(sharded_norms, max_norm=MAX_NORM),
             "accumulation": group.run(accumulation_no_sync, max_norm=MAX_NORM),
             "p3": group.run(sharded_total_norm, local_tensors=[TENSOR], norm_type=3),
             "inf": group.run(sharded_total_norm, local_tensors=[TENSOR], norm_type="inf"),
         }
+        yield group, results
+    finally:
+        group.close()
+
+
+@pytest.fixture(scope="module")
+def results(group_and_results):
+    return group_and_results[1]
 
 
 def close(a, b, rtol=1e-5, atol=1e-7):
@@ -100,8 +110,8 @@ def test_batch_has_outliers_on_the_last_rank():
     assert y[28:].abs().mean() > 5 * y[:28].abs().mean()
 
 
-def test_a_raising_worker_fails_fast_with_its_traceback():
-    group = WorkerGroup(2, timeout=60)
+def test_a_raising_worker_fails_fast_with_its_traceback(group_and_results):
+    group, _ = group_and_results  # its experiments are done: breaking it is fine now
     start = time.monotonic()
     with pytest.raises(WorkerError, match=r"worker 1 of 2 failed(.|\n)*failed on purpose"):
         group.run(misbehave, rank=1, how="raise")
@@ -149,3 +159,10 @@ def test_free_port_is_bindable_on_loopback():
 def test_misbehave_checks_how():
     with pytest.raises(ValueError, match="how"):
         misbehave(0, how="explode")
+
+
+def test_workers_that_do_not_start_in_time_are_stopped():
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"timed out after 0\.01 s while starting the workers"):
+        WorkerGroup(2, start_timeout=0.01)
+    assert time.monotonic() - start < 10
