@@ -120,7 +120,8 @@ class RNN(nn.Module):
             a = a + self.b
         return torch.tanh(a) if self.nonlinearity == "tanh" else a
 
-    def _check_inputs(self, x: Tensor, h0: Tensor | None) -> Tensor:
+    def initial_state(self, x: Tensor, h0: Tensor | None = None) -> Tensor:
+        """Check ``x`` (``(batch, steps, input_size)``) and return ``h0`` (zeros if None)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
         if x.ndim != 3 or x.shape[2] != self.input_size:
@@ -145,7 +146,7 @@ class RNN(nn.Module):
         gives :math:`\partial L / \partial h_t` for every ``t`` in one backward pass.
         ``h0`` defaults to zeros.
         """
-        h = self._check_inputs(x, h0)
+        h = self.initial_state(x, h0)
         states = [h]
         for t in range(x.shape[1]):
             h = self.step(h, x[:, t])
@@ -179,6 +180,6 @@ class RNN(nn.Module):
         W = self.W.detach()
         after = states.detach()[:, 1:]
         if self.nonlinearity == "linear":
-            return W.expand(*after.shape[:2], *W.shape)
+            return W.expand(*after.shape[:2], *W.shape).clone()
         slope = 1.0 - after**2
         return slope.unsqueeze(-1) * W

@@ -171,7 +171,7 @@ def bptt_gradient_norms(
         direction = torch.full((n,), 1.0 / math.sqrt(n), dtype=model.W.dtype)
     elif not isinstance(direction, Tensor) or direction.shape != (n,):
         raise ValueError(f"direction must be a tensor of shape ({n},)")
-    h0 = model._check_inputs(x, h0).detach().clone().requires_grad_(True)
+    h0 = model.initial_state(x, h0).detach().clone().requires_grad_(True)
     with single_thread():
         states = model.unroll(x, h0)
         loss = (states[-1] * direction).sum()

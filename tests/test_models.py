@@ -133,3 +133,11 @@ def test_bad_inputs_name_themselves():
         model(torch.randn(2, 4, 2), torch.zeros(3))
     with pytest.raises(ValueError, match="states"):
         model.state_jacobians(torch.zeros(3))
+
+
+def test_initial_state_defaults_to_zeros_and_passes_h0_through():
+    model = RNN(2, 3, dtype=torch.float64)
+    x = torch.zeros(4, 5, 2, dtype=torch.float64)
+    assert torch.equal(model.initial_state(x), torch.zeros(4, 3, dtype=torch.float64))
+    h0 = torch.randn(4, 3)
+    assert model.initial_state(x, h0) is h0
