@@ -163,7 +163,7 @@ class WorkerGroup:
             raise TypeError("function must be a module-level function (workers import it by name)")
         for tasks in self._tasks:
             tasks.put((function, kwargs))
-        return self._collect("ok", function.__name__, self.timeout)
+        return self._collect("ok", f"running {function.__name__}", self.timeout)
 
     def close(self) -> None:
         """Stop every worker (politely, then by force) and release the queues."""
@@ -212,10 +212,12 @@ class WorkerGroup:
                     for rank, p in enumerate(self._processes)
                     if p.exitcode is not None and rank not in received
                 ]
-                if dead:
+                if dead and self._results.empty():  # its last message may still be in flight
+                    time.sleep(0.2)
+                if dead and self._results.empty():
                     self._fail(
                         f"worker {dead[0][0]} of {self.world_size} exited with code "
-                        f"{dead[0][1]} while {what}"
+                        f"{dead[0][1]} while {what}; all workers were stopped"
                     )
                 if time.monotonic() > deadline:
                     missing = sorted(set(range(self.world_size)) - set(received))
