@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from clipping_lib._checks import check_norm_type
@@ -37,6 +36,7 @@ from clipping_lib.widgets import SliderPanel
 
 NORM_TYPES = {"1": 1.0, "2": 2.0, "inf": math.inf}
 EPS_CHOICES = {"PyTorch (1e-6)": 1e-6, "exact (0)": 0.0}
+NORM_AXIS_LIMITS = (1e-4, 1e3)  # holds every norm the panel's controls can produce
 PARAMETER_NAMES = ("emb.weight", "rnn.W", "rnn.U", "rnn.b", "head.W", "head.b")
 
 
@@ -84,22 +84,24 @@ def norm_clipping_panel(
     count = len(grads)
     x = np.append(np.arange(count), count + 0.8)  # the tensors, a gap, then the total
     width = 0.38
+    floor = NORM_AXIS_LIMITS[0]  # bars start at the bottom of the log axis
     before_bars = ax.bar(
-        x - width / 2, np.zeros(count + 1), width, color=COLORS["original"], label="before"
+        x - width / 2, np.ones(count + 1), width, floor, color=COLORS["original"], label="before"
     )
     after_bars = ax.bar(
-        x + width / 2, np.zeros(count + 1), width, color=COLORS["norm"], label="after clipping"
+        x + width / 2, np.ones(count + 1), width, floor, color=COLORS["norm"], label="after"
     )
     (threshold_line,) = ax.plot(
         [x[-1] - 0.5, x[-1] + 0.5], [0, 0], color=COLORS["threshold"], ls="--", label="max_norm"
     )
     ax.axvline(count + 0.1, color="grey", lw=0.8)
     ax.set_xticks(x, [*PARAMETER_NAMES, "TOTAL"], fontsize=8)
-    ax.set(xlim=(-0.6, x[-1] + 0.6), ylabel="norm (norm_type)")
-    ax.set_title("clip_grad_norm_ on six tensors", fontsize=10)
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set(xlim=(-0.6, x[-1] + 0.6), yscale="log", ylim=NORM_AXIS_LIMITS, ylabel="norm (log scale)")
+    ax.set_title("clip_grad_norm_ on six tensors: one factor for all", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8, ncols=3)
     figure.tight_layout()
+    # Fixed log axis: ticks, labels and legend never change, so render them once.
+    freeze_static_artists(figure, [*before_bars, *after_bars, threshold_line])
     readout = widgets.HTML()
 
     def draw(max_norm: float, norm_type: str, eps: str) -> None:
@@ -111,10 +113,9 @@ def norm_clipping_panel(
         for before_bar, after_bar, (before, after) in zip(
             before_bars, after_bars, heights, strict=False
         ):
-            before_bar.set_height(before)
-            after_bar.set_height(after)
+            before_bar.set_height(before - floor)
+            after_bar.set_height(after - floor)
         threshold_line.set_ydata([max_norm, max_norm])
-        ax.set_ylim(0, 1.15 * max(returned, max_norm))
         state = "clipped" if returned > max_norm else "not clipped (norm ≤ max_norm)"
         readout.value = (
             f"<b>{state}</b>: every tensor × {left / returned:.6f}<br>"
