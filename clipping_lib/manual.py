@@ -4,7 +4,7 @@ These are for teaching. :mod:`clipping_lib.clip` is the complete, tested version
 
 The naive norm clip asks the device for one Python float per parameter
 (``.item()``): each call waits for all queued work to finish (a *host sync*) and
-launches its own small kernel. The vectorised version computes every per-tensor
+launches its own small kernels. The vectorised version computes every per-tensor
 norm in one ``torch._foreach_norm`` call, combines them on the device, and scales
 with one ``torch._foreach_mul_``: no value ever comes back to Python.
 """
@@ -31,7 +31,8 @@ def naive_clip_grad_norm_(parameters: Iterable[Tensor], max_norm: float) -> floa
     \lVert g_i\rVert^2}`, then :math:`g \leftarrow g \cdot c / (\lVert g\rVert + 10^{-6})`
     if that factor is below 1. Returns the norm before clipping, as a float.
 
-    Costs one host sync (``.item()``) and one small kernel per parameter.
+    Costs one host sync (``.item()``) per parameter, and two small kernels (a norm, then a
+    multiply when clipping) per parameter.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     total_sq = 0.0
