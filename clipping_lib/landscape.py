@@ -1,0 +1,211 @@
+r"""The "cliff" of Pascanu, Mikolov and Bengio (2013), Fig. 6: a one-unit RNN and its loss.
+
+The model has two parameters, a recurrent weight :math:`w` and a bias :math:`b`:
+
+.. math::  x_t = w\,\sigma(x_{t-1}) + b, \quad x_0 = 0.5, \quad t = 1..50, \qquad
+           L(w, b) = (\sigma(x_{50}) - 0.7)^2.
+
+For :math:`w > 4` the map :math:`x \mapsto w\sigma(x) + b` can have two stable fixed points,
+and which one :math:`x_{50}` ends near depends on which side of the unstable one
+:math:`x_0` starts: crossing that boundary in :math:`(w, b)` flips :math:`\sigma(x_{50})`
+from near 0 to near 1. The loss surface has a **cliff** there, where the gradient is
+orders of magnitude larger than anywhere else.
+
+The gradient is computed in *forward mode*: alongside :math:`x_t` the recurrence carries
+:math:`\partial x_t/\partial w = \sigma(x_{t-1}) + w\sigma'(x_{t-1})\,\partial x_{t-1}/\partial w`
+and :math:`\partial x_t/\partial b = 1 + w\sigma'(x_{t-1})\,\partial x_{t-1}/\partial b`.
+The same code runs on tensors (a whole grid of :math:`(w, b)` in one program:
+:func:`loss_surface`) and on Python floats (a descent path, one point at a time, where
+tensor overheads would dominate: :func:`descent_path`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clipping_lib._checks import check_threshold
+from clipping_lib.clip import clip_by_norm, clip_by_value
+from clipping_lib.training import one_thread
+
+STEPS = 50
+X0 = 0.5
+TARGET = 0.7
+METHODS = ("none", "norm", "value")
+
+Number = float | Tensor
+
+
+def _sigmoid_float(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def _loss_and_gradient(
+    w: Number, b: Number, steps: int, x0: float, target: float, sigmoid: Callable
+) -> tuple[Number, Number, Number]:
+    """Loss, dL/dw, dL/db by forward-mode differentiation (floats or broadcast tensors)."""
+    x = x0 + 0.0 * (w + b)  # the shape of w and b broadcast together
+    dx_dw = dx_db = 0.0 * x
+    for _ in range(steps):
+        s = sigmoid(x)
+        gain = w * s * (1.0 - s)  # the Jacobian dx_t/dx_{t-1}
+        dx_dw, dx_db = s + gain * dx_dw, 1.0 + gain * dx_db
+        x = w * s + b
+    s = sigmoid(x)
+    error = s - target
+    dl_dx = 2.0 * error * s * (1.0 - s)
+    return error * error, dl_dx * dx_dw, dl_dx * dx_db
+
+
+def _check_steps(steps: object) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return int(steps)
+
+
+def final_state(w: Tensor, b: Tensor, *, steps: int = STEPS, x0: float = X0) -> Tensor:
+    """:math:`x_T` for every ``(w, b)`` (tensors broadcast together)."""
+    steps = _check_steps(steps)
+    x = torch.full(torch.broadcast_shapes(w.shape, b.shape), x0, dtype=w.dtype)
+    for _ in range(steps):
+        x = w * torch.sigmoid(x) + b
+    return x
+
+
+@dataclass(frozen=True)
+class Surface:
+    """Loss and gradient on a grid: arrays are ``(len(b_values), len(w_values))`` (b is rows)."""
+
+    w_values: Tensor
+    b_values: Tensor
+    loss: Tensor
+    grad_w: Tensor
+    grad_b: Tensor
+
+    @property
+    def grad_norm(self) -> Tensor:
+        return torch.hypot(self.grad_w, self.grad_b)
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """``(w_min, w_max, b_min, b_max)``, for ``imshow(..., extent=...)``."""
+        w, b = self.w_values, self.b_values
+        return (w[0].item(), w[-1].item(), b[0].item(), b[-1].item())
+
+
+@one_thread()
+def loss_surface(
+    w_values: Tensor,
+    b_values: Tensor,
+    *,
+    steps: int = STEPS,
+    x0: float = X0,
+    target: float = TARGET,
+) -> Surface:
+    """Loss and gradient at every grid point, in one vectorised float64 program."""
+    for name, values in (("w_values", w_values), ("b_values", b_values)):
+        if not isinstance(values, Tensor) or values.ndim != 1 or len(values) < 2:
+            raise ValueError(f"{name} must be a 1-d tensor of at least 2 values")
+    steps = _check_steps(steps)
+    w = w_values.double()[None, :]
+    b = b_values.double()[:, None]
+    loss, grad_w, grad_b = _loss_and_gradient(w, b, steps, x0, target, torch.sigmoid)
+    return Surface(w_values.double(), b_values.double(), loss, grad_w, grad_b)
+
+
+def loss_and_gradient(
+    w: float, b: float, *, steps: int = STEPS, x0: float = X0, target: float = TARGET
+) -> tuple[float, float, float]:
+    """``(L, dL/dw, dL/db)`` at one point, in Python floats (fast for one point at a time)."""
+    return _loss_and_gradient(float(w), float(b), _check_steps(steps), x0, target, _sigmoid_float)
+
+
+@one_thread()
+def slope_and_curvature(w: float, b_values: Tensor, *, steps: int = STEPS) -> tuple[Tensor, Tensor]:
+    r""":math:`\partial L/\partial b` and :math:`\partial^2 L/\partial b^2` at fixed ``w``.
+
+    Exact derivatives by autograd (double backward), vectorised over ``b_values``.
+    """
+    b = b_values.double().clone().requires_grad_()
+    loss = (
+        torch.sigmoid(final_state(torch.tensor(float(w), dtype=torch.float64), b, steps=steps))
+        - TARGET
+    ) ** 2
+    (slope,) = torch.autograd.grad(loss.sum(), b, create_graph=True)
+    (curvature,) = torch.autograd.grad(slope.sum(), b)
+    return slope.detach(), curvature
+
+
+@dataclass(frozen=True)
+class DescentPath:
+    """Gradient descent from one start: ``points`` is ``(n + 1, 2)`` rows of ``(w, b)``."""
+
+    points: np.ndarray
+    loss: np.ndarray  # (n + 1,) the loss at each point
+    grad_norm: np.ndarray  # (n,) the gradient norm before clipping at each step
+    step_length: np.ndarray  # (n,) the distance moved by each step
+
+    @property
+    def largest_step(self) -> float:
+        return float(self.step_length.max()) if len(self.step_length) else 0.0
+
+
+def descent_path(
+    w0: float,
+    b0: float,
+    *,
+    lr: float,
+    steps: int,
+    method: Literal["none", "norm", "value"] = "none",
+    threshold: float | None = None,
+) -> DescentPath:
+    r"""Plain gradient descent on :math:`L(w, b)`: :math:`\theta \leftarrow \theta - \eta\,\hat g`.
+
+    ``method`` clips the gradient first: ``"norm"`` with :func:`clip_by_norm` (exact, so
+    every step is at most :math:`\eta c` long), ``"value"`` with :func:`clip_by_value`
+    (each coordinate at most :math:`\eta c`, so a step at most :math:`\sqrt2\,\eta c`).
+    Stops early if the loss or gradient stops being finite.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    steps = _check_steps(steps)
+    if method != "none":
+        if threshold is None:
+            raise ValueError(f"method {method!r} needs a threshold")
+        threshold = check_threshold(threshold, "threshold")
+    clip = {"norm": clip_by_norm, "value": clip_by_value}.get(method)
+    w, b = float(w0), float(b0)
+    loss, grad_w, grad_b = loss_and_gradient(w, b)
+    points, losses, norms, lengths = [(w, b)], [loss], [], []
+    for _ in range(steps):
+        norm = math.hypot(grad_w, grad_b)
+        if not math.isfinite(norm):
+            break
+        # Clip with the library's function when clipping changes something (a gradient
+        # inside the ball or box comes back unchanged, so skipping it saves a tensor round trip).
+        size = norm if method == "norm" else max(abs(grad_w), abs(grad_b))
+        if clip is not None and size > threshold:
+            grad_w, grad_b = clip(
+                torch.tensor([grad_w, grad_b], dtype=torch.float64), threshold
+            ).tolist()
+        w, b = w - lr * grad_w, b - lr * grad_b
+        norms.append(norm)
+        lengths.append(lr * math.hypot(grad_w, grad_b))
+        loss, grad_w, grad_b = loss_and_gradient(w, b)
+        points.append((w, b))
+        losses.append(loss)
+    return DescentPath(np.array(points), np.array(losses), np.array(norms), np.array(lengths))
