@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from clipping_lib.models import RNN
 from clipping_lib.panels import spectral
-from clipping_lib.spectral import STRUCTURES
+from clipping_lib.spectral import STRUCTURES, bptt_gradient_norms, recurrent_matrix
 
 
 @pytest.mark.parametrize("structure", ["orthogonal", "symmetric"])
@@ -23,6 +25,36 @@ def test_profile_of_a_normal_linear_rnn_is_rho_to_the_k(structure):
     else:  # v needs a few steps to line up with the top eigenvector
         assert profile.growth_rate == pytest.approx(math.log(1.2), rel=0.02)
         assert np.all(profile.norms <= 1.2 ** np.arange(41) * (1 + 1e-9))
+
+
+@pytest.mark.parametrize(
+    ("nonlinearity", "structure", "input_scale"),
+    [("linear", "gaussian", 1.0), ("tanh", "gaussian", 0.5), ("tanh", "symmetric", 2.0)],
+)
+def test_profile_equals_the_autograd_measurement_of_the_same_rnn(
+    nonlinearity, structure, input_scale
+):
+    rho, steps, n, seed = 1.3, 50, 12, 3
+    profile = spectral.gradient_profile(rho, steps, n, nonlinearity, structure, input_scale, seed)
+    W = rho * recurrent_matrix(n, 1.0, structure, dtype=torch.float64)
+    model = RNN(
+        1,
+        n,
+        nonlinearity=nonlinearity,
+        bias=False,
+        recurrent_matrix=W,
+        seed=seed,
+        dtype=torch.float64,
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(1, spectral.BURN_IN + steps, 1, generator=generator, dtype=torch.float64)
+    x = x * input_scale
+    h0 = torch.randn(1, n, generator=generator, dtype=torch.float64) * 0.1
+    if nonlinearity == "tanh":
+        with torch.no_grad():
+            h0 = model.unroll(x[:, : spectral.BURN_IN], h0)[-1]
+    expected = bptt_gradient_norms(model, x[:, spectral.BURN_IN :], h0)[0]
+    np.testing.assert_allclose(profile.norms, expected.numpy(), rtol=1e-9)
 
 
 def test_profile_tanh_saturates_and_extremes_do_not_raise():

@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from matplotlib.patches import Circle
 
-from clipping_lib.models import NONLINEARITIES, RNN
+from clipping_lib.models import NONLINEARITIES
 from clipping_lib.panels.geometry import freeze_static_artists
 from clipping_lib.plots import COLORS, new_figure
 from clipping_lib.spectral import (
     STRUCTURES,
-    bptt_gradient_norms,
     fitted_growth_rate,
     largest_singular_value,
     recurrent_matrix,
@@ -57,6 +56,34 @@ class GradientProfile:
     growth_rate: float  # fitted slope of log-norm per step over k in [T/2, T], or NaN
 
 
+def _recurrent_gradient_norms(
+    W: np.ndarray, drive: np.ndarray, h0: np.ndarray, tanh: bool, direction: np.ndarray
+) -> np.ndarray:
+    r""":math:`\lVert\partial L/\partial h_{T-k}\rVert`, ``k = 0..T``, for :math:`L = v^\top h_T`.
+
+    The explicit BPTT recursion :math:`g_{t-1} = W^\top(\varphi'(a_t) \odot g_t)`, which is
+    what autograd computes for :func:`clipping_lib.spectral.bptt_gradient_norms` (the
+    tests check they agree); in NumPy it costs a few microseconds per step, so a slider
+    move stays fast. ``drive`` holds :math:`U x_t` for each step, shape ``(T, n)``.
+    """
+    steps = len(drive)
+    slopes = np.ones_like(drive)
+    if tanh:
+        h = h0
+        for t in range(steps):
+            h = np.tanh(W @ h + drive[t])
+            slopes[t] = 1.0 - h * h
+    norms = np.empty(steps + 1)
+    g = direction
+    norms[0] = np.linalg.norm(g)
+    W_T = np.ascontiguousarray(W.T)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for k in range(1, steps + 1):
+            g = W_T @ (slopes[steps - k] * g)
+            norms[k] = np.linalg.norm(g)
+    return norms
+
+
 def gradient_profile(
     rho: float,
     steps: int,
@@ -68,37 +95,37 @@ def gradient_profile(
 ) -> GradientProfile:
     r"""Measure the BPTT gradient norms of one RNN with :math:`\rho(W) = ` ``rho``.
 
-    :math:`W = \rho\,W_1` where :math:`W_1` (spectral radius 1) depends only on
-    ``structure`` and ``hidden_size``, so moving :math:`\rho` rescales the same
-    eigenvalues. Inputs are Gaussian times ``input_scale`` (one input channel, seeded);
-    the state starts at :math:`\mathcal N(0, 0.1^2)` per unit and runs ``BURN_IN``
-    steps before the ``steps`` measured ones. The loss is :math:`v^\top h_T`.
+    The RNN is ``RNN(1, hidden_size, bias=False, seed=seed)`` with :math:`W = \rho\,W_1`,
+    where :math:`W_1` (spectral radius 1) depends only on ``structure`` and
+    ``hidden_size``, so moving :math:`\rho` rescales the same eigenvalues. Inputs are
+    Gaussian times ``input_scale`` (seeded); the state starts at
+    :math:`\mathcal N(0, 0.1^2)` per unit and, for tanh, runs ``BURN_IN`` steps before
+    the ``steps`` measured ones. The loss is :math:`v^\top h_T`, :math:`v` all ones
+    normalised, as in :func:`clipping_lib.spectral.bptt_gradient_norms`.
     """
-    with single_thread():
-        W1, eigenvalues, sigma1 = _unit_matrix(structure, hidden_size)
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-    model = RNN(
-        1,
-        hidden_size,
-        nonlinearity=nonlinearity,
-        bias=False,
-        recurrent_matrix=rho * W1,
-        seed=seed,
-        dtype=torch.float64,
-    )
+    with single_thread():
+        W1, eigenvalues, sigma1 = _unit_matrix(structure, hidden_size)
+    W = rho * W1.numpy()
+    U = torch.randn(
+        hidden_size, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )  # the U that RNN(..., seed=seed) draws
     generator = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(1, BURN_IN + steps, 1, generator=generator, dtype=torch.float64)
-    x = x * input_scale
     h0 = torch.randn(1, hidden_size, generator=generator, dtype=torch.float64) * 0.1
-    if nonlinearity == "tanh":
-        with torch.no_grad(), single_thread():
-            h0 = model.unroll(x[:, :BURN_IN], h0)[-1]
-    norms = bptt_gradient_norms(model, x[:, BURN_IN:], h0)[0]
-    norms = torch.where((norms > 0) & torch.isfinite(norms), norms, torch.nan)
+    drive = (x[0] * input_scale).numpy() @ U.T.numpy()  # U x_t for every step, (T, n)
+    h = h0[0].numpy()
+    tanh = nonlinearity == "tanh"
+    if tanh:
+        for t in range(BURN_IN):
+            h = np.tanh(W @ h + drive[t])
+    direction = np.full(hidden_size, 1.0 / math.sqrt(hidden_size))
+    norms = _recurrent_gradient_norms(W, drive[BURN_IN:], h, tanh, direction)
+    norms = np.where((norms > 0) & np.isfinite(norms), norms, np.nan)
     window = norms[steps // 2 :]
-    rate = fitted_growth_rate(window) if not bool(window.isnan().any()) else math.nan
-    return GradientProfile(norms.numpy(), rho * eigenvalues, rho * sigma1, rate)
+    rate = math.nan if np.isnan(window).any() else fitted_growth_rate(torch.from_numpy(window))
+    return GradientProfile(norms, rho * eigenvalues, rho * sigma1, rate)
 
 
 def spectral_panel(
