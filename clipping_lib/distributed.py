@@ -32,6 +32,7 @@ import os
 import pickle
 import queue
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -111,6 +112,26 @@ def _serve(rank: int, world_size: int, port: int, tasks, results, timeout: float
     os._exit(0)
 
 
+# Imported once by the fork server, so each worker starts without importing them again.
+_PRELOAD = [__name__, "torch._dynamo", "torch.nn.parallel", "torch.distributed.fsdp"]
+
+
+def _worker_context():
+    """How workers are started: ``forkserver`` on Linux, ``spawn`` elsewhere.
+
+    Both start workers from a clean process, never by forking the notebook's kernel.
+    The fork server (one per Python process, started on first use) imports torch and
+    this module once; forking it then takes a fraction of a second, where a spawned
+    worker imports torch anew (seconds). macOS and Windows keep ``spawn``, the safe
+    default there.
+    """
+    if sys.platform.startswith("linux"):
+        context = get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+        return context
+    return get_context("spawn")
+
+
 class WorkerGroup:
     """``world_size`` worker processes in one gloo process group on 127.0.0.1.
 
@@ -138,7 +159,7 @@ class WorkerGroup:
         start_timeout = _check_seconds(start_timeout, "start_timeout")
         self.world_size = world_size
         self.closed = False
-        context = get_context("spawn")  # a fresh interpreter: safe from notebooks and threads
+        context = _worker_context()
         self._results = context.Queue()
         self._tasks = [context.Queue() for _ in range(world_size)]
         port = free_port()
