@@ -2,8 +2,9 @@ r"""Small training loops for a tanh RNN, with any clipping strategy, returning h
 
 One run, the loop a learner would write::
 
-    history = train_rnn(adding_problem(2048, 50), NormClip(1.0), lr=0.3, steps=300)
-    history.loss, history.grad_norm, history.clipped, history.diverged
+    task = adding_problem(4096, 20, seed=0)
+    history = train_rnn(task, NormClip(0.1), lr=1.0, steps=600)
+    history.loss, history.grad_norm, history.applied_norm, history.clipped, history.diverged
 
 :func:`train_rnn` takes any :class:`~clipping_lib.strategies.Clipper` (``NoClip``,
 ``NormClip``, ``ValueClip``, an adaptive one); each step is forward, ``backward()``, the
@@ -14,8 +15,9 @@ step is applied.
 Many runs at once: :func:`train_many` trains ``M`` copies of the same model (same
 initial weights, same mini-batches), each with its own learning rate, clipping method
 and threshold, as one stacked program (weights of shape ``(M, ...)``, batched matrix
-products). A learning-rate x threshold grid of 36 short runs then costs about as much
-as a few single runs; :func:`train_grid` arranges the result as a grid.
+products, backpropagation through time written out). A learning-rate x threshold grid of
+36 short runs then costs about as much as a few single runs; :func:`train_grid` arranges
+the result as a grid.
 
 Recording costs no host synchronisation: losses, norms and clip flags stay tensors until
 the end of the run, except for one finiteness check per step in :func:`train_rnn` (needed
@@ -184,9 +186,13 @@ def train_rnn(
 ) -> TrainingHistory:
     """Train a :class:`TanhRNN` on ``task`` with SGD, clipping each gradient with ``clipper``.
 
-    The model's initial weights depend on ``seed`` only and the mini-batches on the step
-    number only, so two calls that differ in ``clipper`` or ``lr`` see the same model and
-    the same data.
+    ``clipper`` is called once per step with the list of parameters after ``backward()``
+    and must clip their ``.grad`` in place and return a :class:`ClipStep` (any
+    :class:`Clipper`; a stateful, adaptive one sees the steps in order). Step ``k`` uses
+    mini-batch ``task.batch(k, batch_size)``. The model's initial weights depend on
+    ``seed`` only and the mini-batches on the step number only, so two calls that differ
+    in ``clipper`` or ``lr`` see the same model and the same data. Returns one
+    :class:`TrainingHistory` entry per step taken.
     """
     task = _check_task(task)
     if not callable(clipper):

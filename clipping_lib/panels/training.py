@@ -115,7 +115,7 @@ def training_panel(
         reference = ax.plot(
             [], [], color=COLORS["original"], lw=1.0, alpha=0.6, label="no clipping"
         )
-        chosen = ax.plot([], [], lw=1.4, label="chosen run")
+        chosen = ax.plot([], [], lw=1.4, color="black", label="chosen (green: norm, orange: value)")
         marks = ax.plot(
             [],
             [],
