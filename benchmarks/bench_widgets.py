@@ -42,6 +42,9 @@ def settings_across(control: widgets.ValueWidget, moves: int) -> list[tuple[str,
         return [("index", i % len(control.options)) for i in range(moves)]
     if isinstance(control, widgets.Checkbox | widgets.ToggleButton):
         return [("value", bool(i % 2)) for i in range(moves)]
+    if isinstance(control, widgets.FloatLogSlider):  # min and max are exponents of `base`
+        grid = control.base ** np.linspace(control.min, control.max, moves)
+        return [("value", float(v)) for v in grid]
     if hasattr(control, "min") and hasattr(control, "max"):
         grid = np.linspace(control.min, control.max, moves)
         if isinstance(control.value, int):
