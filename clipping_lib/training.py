@@ -301,20 +301,22 @@ def _stacked_loss_and_grads(
     with :math:`a_t` the pre-activation and :math:`\delta_t = \partial L / \partial a_t`,
     :math:`\delta_t = (\partial L/\partial h_t) \odot (1 - h_t^2)` and
     :math:`\partial L/\partial h_{t-1} = \delta_t W_{hh}`; each weight gradient is a sum
-    over time, one batched product over all steps at the end.
+    over time, accumulated as the loop goes back. Tensors are time-major, ``(T, M, B, H)``,
+    so every step reads and writes contiguous memory.
     """
     batch, length, _ = inputs.shape
     m, hidden_size = params["bias_hh"].shape
-    steps_first = inputs.transpose(0, 1).reshape(length * batch, -1)  # row t*B + b
-    drive = torch.matmul(steps_first, params["weight_ih"].mT)  # (M, T*B, H)
-    drive += (params["bias_ih"] + params["bias_hh"])[:, None, :]
-    drive = drive.view(m, length, batch, hidden_size)
-    states = torch.empty(m, length + 1, batch, hidden_size)  # states[:, t + 1] = h_t
-    states[:, 0] = 0.0  # h_{-1} = 0
+    time_major = inputs.transpose(0, 1)  # (T, B, I)
+    # In-place updates of preallocated buffers: fresh tensors of this size cost more to
+    # allocate than to compute.
+    states = torch.empty(length + 1, m, batch, hidden_size)  # states[t + 1] = h_t
+    states[0] = 0.0  # h_{-1} = 0
+    states[1:] = torch.einsum("tbi,mhi->tmbh", time_major, params["weight_ih"])
+    states[1:] += (params["bias_ih"] + params["bias_hh"])[:, None, :]
     w_hh_t = params["weight_hh"].mT.contiguous()
     for t in range(length):
-        torch.tanh(torch.baddbmm(drive[:, t], states[:, t], w_hh_t), out=states[:, t + 1])
-    last = states[:, -1]
+        states[t + 1].baddbmm_(states[t], w_hh_t).tanh_()
+    last = states[-1]
     outputs = torch.baddbmm(params["bias_out"][:, None, :], last, params["weight_out"].mT)
     if task.loss == "mse":
         error = outputs - targets
@@ -327,20 +329,22 @@ def _stacked_loss_and_grads(
         d_outputs[:, torch.arange(batch), targets] -= 1.0
         d_outputs /= batch
     d_outputs = torch.where(torch.isfinite(loss)[:, None, None], d_outputs, 0.0)
-    delta = torch.empty(m, length, batch, hidden_size)
+    delta = torch.addcmul(torch.ones(()), states[1:], states[1:], value=-1.0)  # 1 - h_t^2
+    grad_hh = torch.zeros(m, hidden_size, hidden_size)
+    grad_ih = torch.zeros(m, hidden_size, inputs.shape[2])
     d_hidden = torch.bmm(d_outputs, params["weight_out"])
-    tanh_slopes = 1.0 - states[:, 1:].square()
     for t in range(length - 1, -1, -1):
-        torch.mul(d_hidden, tanh_slopes[:, t], out=delta[:, t])
+        delta[t].mul_(d_hidden)
+        grad_ih += torch.matmul(delta[t].mT, time_major[t])
         if t:
-            d_hidden = torch.bmm(delta[:, t], params["weight_hh"])
-    delta_rows = delta.view(m, length * batch, hidden_size)
-    previous_rows = states[:, :-1].reshape(m, length * batch, hidden_size)
+            grad_hh.baddbmm_(delta[t].mT, states[t])
+            torch.bmm(delta[t], params["weight_hh"], out=d_hidden)
+    bias = delta.sum(dim=(0, 2))
     grads = {
-        "weight_ih": torch.matmul(steps_first.T, delta_rows).mT,
-        "weight_hh": torch.bmm(delta_rows.mT, previous_rows),
-        "bias_ih": delta_rows.sum(dim=1),
-        "bias_hh": delta_rows.sum(dim=1),
+        "weight_ih": grad_ih,
+        "weight_hh": grad_hh,
+        "bias_ih": bias,
+        "bias_hh": bias,
         "weight_out": torch.bmm(d_outputs.mT, last),
         "bias_out": d_outputs.sum(dim=1),
     }
