@@ -10,7 +10,7 @@ import torch
 
 from clipping_lib.strategies import NoClip, NormClip, ValueClip
 from clipping_lib.tasks import adding_problem, temporal_order
-from clipping_lib.training import TanhRNN, train_grid, train_many, train_rnn
+from clipping_lib.training import TanhRNN, one_thread, train_grid, train_many, train_rnn
 
 SMALL = {"hidden_size": 8, "batch_size": 16}
 
@@ -37,9 +37,7 @@ def test_norm_clipped_run_at_the_same_lr_survives_and_records_each_step(task):
     np.testing.assert_array_equal(history.threshold, np.full(60, 0.05, dtype=np.float32))
     assert history.clip_rate == pytest.approx(np.mean(history.grad_norm > 0.05))
     assert np.all(history.applied_norm <= 0.05 * (1 + 1e-6))  # float32 rounding of 0.05
-    np.testing.assert_allclose(
-        history.applied_norm, np.minimum(history.grad_norm, 0.05), rtol=1e-4
-    )
+    np.testing.assert_allclose(history.applied_norm, np.minimum(history.grad_norm, 0.05), rtol=1e-4)
 
 
 def test_each_sgd_step_moves_the_weights_by_lr_times_the_clipped_gradient(task):
@@ -126,3 +124,11 @@ def test_bad_input_is_refused_with_the_argument_named(task):
         train_many(task, [0.1], ["norm"], [0.0], steps=1)
     with pytest.raises(ValueError, match="method"):
         train_grid(task, [0.1], [1.0], method="none", steps=1)
+
+
+def test_one_thread_restores_the_thread_count_even_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), one_thread():
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
