@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import matplotlib
 import pytest
 import torch
+from hypothesis import settings
 
 matplotlib.use("Agg")
+
+# In CI, property tests draw the same examples on every run, so a red build is reproducible.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def make_params(

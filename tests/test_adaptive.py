@@ -52,8 +52,12 @@ def test_autoclip_matches_reference(percentile, seed):
         set_grads(theirs, scale, seed + k)
         step = clipper(ours)
         threshold = reference_autoclip(theirs, history, percentile)
-        assert step.threshold.item() == pytest.approx(threshold, rel=1e-5)
-        assert bool(step.clipped) == (history[-1] > threshold)
+        # float32 interpolation between neighbours as large as the spikes: the error
+        # scales with the largest norm, not with the threshold.
+        tolerance = 1e-6 * max(history)
+        assert step.threshold.item() == pytest.approx(threshold, rel=1e-5, abs=tolerance)
+        if abs(history[-1] - threshold) > tolerance:  # a tie within rounding may go either way
+            assert bool(step.clipped) == (history[-1] > threshold)
         torch.testing.assert_close(flat(ours), flat(theirs), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(clipper.history, torch.tensor(history), rtol=1e-6, atol=0)
 
