@@ -33,7 +33,7 @@ from torch import Tensor
 
 from clipping_lib._checks import check_threshold
 from clipping_lib.clip import clip_by_norm, clip_by_value
-from clipping_lib.training import one_thread
+from clipping_lib.threads import single_thread
 
 STEPS = 50
 X0 = 0.5
@@ -105,7 +105,7 @@ class Surface:
         return (w[0].item(), w[-1].item(), b[0].item(), b[-1].item())
 
 
-@one_thread()
+@single_thread()
 def loss_surface(
     w_values: Tensor,
     b_values: Tensor,
@@ -132,7 +132,7 @@ def loss_and_gradient(
     return _loss_and_gradient(float(w), float(b), _check_steps(steps), x0, target, _sigmoid_float)
 
 
-@one_thread()
+@single_thread()
 def slope_and_curvature(w: float, b_values: Tensor, *, steps: int = STEPS) -> tuple[Tensor, Tensor]:
     r""":math:`\partial L/\partial b` and :math:`\partial^2 L/\partial b^2` at fixed ``w``.
 

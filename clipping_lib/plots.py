@@ -1,9 +1,11 @@
-"""Shared figure helpers: one colour per idea across the course, and figure -> PNG."""
+"""Shared figure helpers: one colour per idea, figure -> PNG, and fast redraws for panels."""
 
 from __future__ import annotations
 
 import io
 
+import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
@@ -40,3 +42,50 @@ def figure_to_png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="png", compress_level=1)
     return buffer.getvalue()
+
+
+class _StaticPixels(Artist):
+    """The pixels of a figure's static artists, painted first on every draw."""
+
+    def __init__(self, rgba: np.ndarray) -> None:
+        super().__init__()
+        self._rgba = np.ascontiguousarray(rgba[::-1])  # Agg images are bottom-up
+        self.set_zorder(-10)
+
+    def draw(self, renderer) -> None:
+        size = (getattr(renderer, "height", None), getattr(renderer, "width", None))
+        if size != self._rgba.shape[:2]:
+            raise RuntimeError(
+                "this figure's static artists were frozen into pixels at its own dpi; "
+                "render it with clipping_lib.plots.figure_to_png, not at another size or format"
+            )
+        gc = renderer.new_gc()
+        renderer.draw_image(gc, 0, 0, self._rgba)
+        gc.restore()
+
+
+def freeze_static_artists(figure: Figure, dynamic: list[Artist]) -> None:
+    """Render all but ``dynamic`` once; later draws paint those pixels, then ``dynamic``.
+
+    Ticks, labels, legends and static curves cost most of a full draw; after this call
+    a draw costs a copy of the frozen pixels plus the dynamic artists (about 10x
+    faster). The axes keep their transforms, so dynamic artists land where they did,
+    but limits, ticks and labels are frozen: set them before calling, never after.
+    Dynamic artists are drawn above every static one. The figure then renders only as
+    a raster of its own size (``figure_to_png``); other sizes or formats raise.
+    """
+    for artist in dynamic:
+        artist.set_visible(False)
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba()).copy()
+    for artist in dynamic:
+        artist.set_visible(True)
+    keep = {id(artist) for artist in dynamic}
+    for ax in figure.axes:
+        for child in ax.get_children():
+            if id(child) not in keep:
+                child.set_visible(False)
+    figure.patch.set_visible(False)
+    for text in figure.texts:
+        text.set_visible(False)
+    figure.add_artist(_StaticPixels(pixels))

@@ -19,31 +19,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from clipping_lib.models import RNN
+from clipping_lib.threads import single_thread
 
 STRUCTURES = ("gaussian", "orthogonal", "symmetric")
 GATED_CELLS = ("lstm", "gru")
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run the block on one intra-op thread, then restore the previous thread count.
-
-    BPTT is a chain of tiny sequential kernels; with several threads each kernel pays
-    for waking and syncing them, which on a busy machine costs 100x the arithmetic.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _check_rho(rho: object) -> float:

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,27 +40,12 @@ from torch.nn import functional as F
 from clipping_lib.clip import get_total_norm
 from clipping_lib.strategies import Clipper, ClipStep
 from clipping_lib.tasks import SequenceTask
+from clipping_lib.threads import single_thread
 
 Method = Literal["none", "norm", "value"]
 METHODS: tuple[str, ...] = ("none", "norm", "value")
 NORM_CLIP_EPS = 1e-6  # the eps of PyTorch's clip_grad_norm_ and of NormClip's default
 FINAL_WINDOW = 50  # final loss = mean training loss over this many last steps
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one CPU thread inside the block, then restore the thread count.
-
-    The matrices here are at most 32 x 32 per model: splitting them between threads costs
-    more than it saves, and on a busy machine waiting for the other threads costs far
-    more (we measured up to 10x slower training with two threads on a shared 2-core CPU).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class TanhRNN(nn.Module):
@@ -172,7 +156,7 @@ def _check_task(task: object) -> SequenceTask:
     return task
 
 
-@one_thread()
+@single_thread()
 def train_rnn(
     task: SequenceTask,
     clipper: Clipper | Callable[..., ClipStep],
@@ -351,7 +335,7 @@ def _stacked_loss_and_grads(
     return loss, torch.cat([grads[name].reshape(m, -1) for name in _PARAMETER_NAMES], dim=1)
 
 
-@one_thread()
+@single_thread()
 def train_many(
     task: SequenceTask,
     learning_rates: Sequence[float],

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from clipping_lib.panels import geometry
-from clipping_lib.plots import figure_to_png, new_figure
+from clipping_lib.plots import figure_to_png, freeze_static_artists, new_figure
 
 
 @settings(max_examples=60, deadline=None)
@@ -112,7 +112,7 @@ def test_freeze_static_artists_draws_the_same_pixels():
     (dynamic,) = ax.plot([0, 1], [1, 0], color="red")
     figure.tight_layout()
     before = np.asarray(Image.open(io.BytesIO(figure_to_png(figure))))
-    geometry.freeze_static_artists(figure, [dynamic])
+    freeze_static_artists(figure, [dynamic])
     after = np.asarray(Image.open(io.BytesIO(figure_to_png(figure))))
     np.testing.assert_array_equal(before, after)
     dynamic.set_data([0, 1], [0.5, 0.5])

@@ -20,9 +20,9 @@ from clipping_lib.spectral import (
     largest_singular_value,
     power_norms,
     recurrent_matrix,
-    single_thread,
     spectral_radius,
 )
+from clipping_lib.threads import single_thread
 
 
 @settings(max_examples=40, deadline=None)

@@ -10,7 +10,8 @@ import torch
 
 from clipping_lib.strategies import NoClip, NormClip, ValueClip
 from clipping_lib.tasks import adding_problem, temporal_order
-from clipping_lib.training import TanhRNN, one_thread, train_grid, train_many, train_rnn
+from clipping_lib.threads import single_thread
+from clipping_lib.training import TanhRNN, train_grid, train_many, train_rnn
 
 SMALL = {"hidden_size": 8, "batch_size": 16}
 
@@ -128,7 +129,7 @@ def test_bad_input_is_refused_with_the_argument_named(task):
 
 def test_one_thread_restores_the_thread_count_even_after_an_error():
     before = torch.get_num_threads()
-    with pytest.raises(RuntimeError), one_thread():
+    with pytest.raises(RuntimeError), single_thread():
         assert torch.get_num_threads() == 1
         raise RuntimeError("inside")
     assert torch.get_num_threads() == before

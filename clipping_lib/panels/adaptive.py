@@ -25,8 +25,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from clipping_lib.monitor import NormHistory, plot_norm_history
-from clipping_lib.panels.geometry import freeze_static_artists
-from clipping_lib.plots import COLORS, new_figure
+from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
 from clipping_lib.spikes import spiky_adding_task
 from clipping_lib.strategies import NormClip
 from clipping_lib.training import train_rnn

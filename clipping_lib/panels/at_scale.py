@@ -19,9 +19,8 @@ import torch
 
 from clipping_lib._checks import check_threshold
 from clipping_lib.distributed import make_batch, make_model
-from clipping_lib.panels.geometry import freeze_static_artists
 from clipping_lib.per_sample import per_sample_grads
-from clipping_lib.plots import COLORS, new_figure
+from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
 from clipping_lib.widgets import SliderPanel
 
 OUTLIERS = slice(28, 32)  # make_batch(32): the last eighth are the outliers

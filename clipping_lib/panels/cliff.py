@@ -13,8 +13,7 @@ import ipywidgets as widgets
 import torch
 
 from clipping_lib.landscape import DescentPath, Surface, descent_path, loss_surface
-from clipping_lib.panels.geometry import freeze_static_artists
-from clipping_lib.plots import COLORS, new_figure
+from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
 from clipping_lib.widgets import SliderPanel
 
 W_RANGE = (1.0, 9.0)

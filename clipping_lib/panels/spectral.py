@@ -22,15 +22,14 @@ import torch
 from matplotlib.patches import Circle
 
 from clipping_lib.models import NONLINEARITIES
-from clipping_lib.panels.geometry import freeze_static_artists
-from clipping_lib.plots import COLORS, new_figure
+from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
 from clipping_lib.spectral import (
     STRUCTURES,
     fitted_growth_rate,
     largest_singular_value,
     recurrent_matrix,
-    single_thread,
 )
+from clipping_lib.threads import single_thread
 from clipping_lib.widgets import SliderPanel
 
 MAX_STEPS = 200

@@ -19,8 +19,7 @@ from collections.abc import Callable
 import ipywidgets as widgets
 import numpy as np
 
-from clipping_lib.panels.geometry import freeze_static_artists
-from clipping_lib.plots import COLORS, new_figure
+from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
 from clipping_lib.tasks import ADDING_BASELINE_MSE, adding_problem
 from clipping_lib.training import GridResult, TrainingHistory, train_grid
 from clipping_lib.widgets import SliderPanel
