@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from clipping_lib._checks import check_eps, check_threshold
+from clipping_lib._checks import check_eps, check_int, check_positive
 from clipping_lib.clip import get_total_norm
 from clipping_lib.strategies import ClipStep
 
@@ -44,21 +44,6 @@ def _scale_(grads: list[Tensor], coef: Tensor) -> None:
         groups.setdefault((g.device, g.dtype), []).append(g)
     for (device, dtype), group in groups.items():
         torch._foreach_mul_(group, coef.to(device, dtype))
-
-
-def _check_positive(value: object, name: str) -> float:
-    value = check_threshold(value, name)
-    if value == 0:
-        raise ValueError(f"{name} must be > 0, got 0")
-    return value
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class AutoClip:
@@ -143,8 +128,8 @@ class AGC:
     """
 
     def __init__(self, clipping: float = 0.01, *, eps: float = 1e-3) -> None:
-        self.clipping = _check_positive(clipping, "clipping")
-        self.eps = _check_positive(eps, "eps")
+        self.clipping = check_positive(clipping, "clipping")
+        self.eps = check_positive(eps, "eps")
         self.clipped_fraction = torch.tensor(0.0)
 
     @torch.no_grad()
@@ -210,8 +195,8 @@ class ZClip:
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         self.alpha = float(alpha)
-        self.z_thresh = _check_positive(z_thresh, "z_thresh")
-        self.warmup_steps = _check_int(warmup_steps, "warmup_steps", 1)
+        self.z_thresh = check_positive(z_thresh, "z_thresh")
+        self.warmup_steps = check_int(warmup_steps, "warmup_steps", 1)
         self.eps = check_eps(eps)
         self.steps = 0
         self._warmup: list[Tensor] = []

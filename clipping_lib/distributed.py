@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from clipping_lib._checks import as_tensor_list, check_norm_type, check_threshold
+from clipping_lib._checks import as_tensor_list, check_norm_type, check_positive, check_threshold
 from clipping_lib.clip import clip_grad_norm_, clip_grads_with_norm_, get_total_norm
 
 __all__ = [
@@ -155,8 +155,8 @@ class WorkerGroup:
             raise TypeError(f"world_size must be an int, got {type(world_size).__name__}")
         if not 1 <= world_size <= 8:
             raise ValueError(f"world_size must be between 1 and 8, got {world_size}")
-        self.timeout = _check_seconds(timeout, "timeout")
-        start_timeout = _check_seconds(start_timeout, "start_timeout")
+        self.timeout = check_positive(timeout, "timeout")
+        start_timeout = check_positive(start_timeout, "start_timeout")
         self.world_size = world_size
         self.closed = False
         context = _worker_context()
@@ -268,13 +268,6 @@ class WorkerGroup:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "running"
         return f"WorkerGroup(world_size={self.world_size}, {state})"
-
-
-def _check_seconds(value: object, name: str) -> float:
-    seconds = check_threshold(value, name)
-    if seconds == 0:
-        raise ValueError(f"{name} must be > 0 seconds")
-    return seconds
 
 
 def misbehave(rank: int = 1, how: str = "raise") -> None:

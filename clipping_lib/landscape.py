@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clipping_lib._checks import check_threshold
+from clipping_lib._checks import check_int, check_threshold
 from clipping_lib.clip import clip_by_norm, clip_by_value
 from clipping_lib.threads import single_thread
 
@@ -67,17 +67,9 @@ def _loss_and_gradient(
     return error * error, dl_dx * dx_dw, dl_dx * dx_db
 
 
-def _check_steps(steps: object) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return int(steps)
-
-
 def final_state(w: Tensor, b: Tensor, *, steps: int = STEPS, x0: float = X0) -> Tensor:
     """:math:`x_T` for every ``(w, b)`` (tensors broadcast together)."""
-    steps = _check_steps(steps)
+    steps = check_int(steps, "steps")
     x = torch.full(torch.broadcast_shapes(w.shape, b.shape), x0, dtype=w.dtype)
     for _ in range(steps):
         x = w * torch.sigmoid(x) + b
@@ -118,7 +110,7 @@ def loss_surface(
     for name, values in (("w_values", w_values), ("b_values", b_values)):
         if not isinstance(values, Tensor) or values.ndim != 1 or len(values) < 2:
             raise ValueError(f"{name} must be a 1-d tensor of at least 2 values")
-    steps = _check_steps(steps)
+    steps = check_int(steps, "steps")
     w = w_values.double()[None, :]
     b = b_values.double()[:, None]
     loss, grad_w, grad_b = _loss_and_gradient(w, b, steps, x0, target, torch.sigmoid)
@@ -129,7 +121,9 @@ def loss_and_gradient(
     w: float, b: float, *, steps: int = STEPS, x0: float = X0, target: float = TARGET
 ) -> tuple[float, float, float]:
     """``(L, dL/dw, dL/db)`` at one point, in Python floats (fast for one point at a time)."""
-    return _loss_and_gradient(float(w), float(b), _check_steps(steps), x0, target, _sigmoid_float)
+    return _loss_and_gradient(
+        float(w), float(b), check_int(steps, "steps"), x0, target, _sigmoid_float
+    )
 
 
 @single_thread()
@@ -182,7 +176,7 @@ def descent_path(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    steps = _check_steps(steps)
+    steps = check_int(steps, "steps")
     if method != "none":
         if threshold is None:
             raise ValueError(f"method {method!r} needs a threshold")

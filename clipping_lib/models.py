@@ -30,15 +30,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from clipping_lib._checks import check_int
+
 NONLINEARITIES = ("linear", "tanh")
-
-
-def _check_size(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 class RNN(nn.Module):
@@ -72,8 +66,8 @@ class RNN(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self.input_size = _check_size(input_size, "input_size")
-        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.input_size = check_int(input_size, "input_size")
+        self.hidden_size = check_int(hidden_size, "hidden_size")
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -98,7 +92,7 @@ class RNN(nn.Module):
         self.b = nn.Parameter(torch.zeros(n, dtype=dtype)) if bias else None
         self.readout: nn.Linear | None = None
         if output_size is not None:
-            output_size = _check_size(output_size, "output_size")
+            output_size = check_int(output_size, "output_size")
             self.readout = nn.Linear(n, output_size, dtype=dtype)
             with torch.no_grad():
                 self.readout.weight.copy_(

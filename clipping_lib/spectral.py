@@ -23,6 +23,7 @@ import numbers
 import torch
 from torch import Tensor, nn
 
+from clipping_lib._checks import check_int
 from clipping_lib.models import RNN
 from clipping_lib.threads import single_thread
 
@@ -37,14 +38,6 @@ def _check_rho(rho: object) -> float:
     if not math.isfinite(rho) or rho < 0:
         raise ValueError(f"rho must be a finite number >= 0, got {rho}")
     return rho
-
-
-def _check_count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_square(W: object, name: str = "W") -> Tensor:
@@ -88,7 +81,7 @@ def recurrent_matrix(
     * ``"symmetric"``: :math:`(A + A^\top)/2`; real eigenvalues, normal, so
       :math:`\sigma_{\max}(W) = \rho(W)`.
     """
-    size = _check_count(size, "size", 1)
+    size = check_int(size, "size", 1)
     rho = _check_rho(rho)
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
@@ -110,7 +103,7 @@ def power_norms(W: Tensor, steps: int) -> Tensor:
     ``rho``); computed in float64 so large powers do not overflow.
     """
     W = _check_square(W).double()
-    steps = _check_count(steps, "steps", 0)
+    steps = check_int(steps, "steps", 0)
     return jacobian_product_norms(W.unsqueeze(-3).expand(*W.shape[:-2], steps, *W.shape[-2:]))
 
 
@@ -206,10 +199,10 @@ def gated_gradient_norms(
     """
     if cell not in GATED_CELLS:
         raise ValueError(f"cell must be one of {GATED_CELLS}, got {cell!r}")
-    hidden_size = _check_count(hidden_size, "hidden_size", 1)
-    steps = _check_count(steps, "steps", 0)
-    input_size = _check_count(input_size, "input_size", 1)
-    batch = _check_count(batch, "batch", 1)
+    hidden_size = check_int(hidden_size, "hidden_size", 1)
+    steps = check_int(steps, "steps", 0)
+    input_size = check_int(input_size, "input_size", 1)
+    batch = check_int(batch, "batch", 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = (

@@ -12,23 +12,14 @@ batch gradient jumps at exactly those steps, and nowhere else by construction.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 
 import numpy as np
 import torch
 
-from clipping_lib._checks import check_threshold
+from clipping_lib._checks import check_int, check_threshold
 from clipping_lib.tasks import SequenceTask, adding_problem
 
 __all__ = ["spiky_adding_task", "with_target_spikes"]
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def with_target_spikes(
@@ -51,10 +42,10 @@ def with_target_spikes(
         raise TypeError(f"task must be a SequenceTask, got {type(task).__name__}")
     if task.loss != "mse":
         raise ValueError(f"task must be a regression (loss 'mse'), got {task.loss!r}")
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    n_spikes = _check_int(n_spikes, "n_spikes", 0)
-    first_step = _check_int(first_step, "first_step", 0)
-    bad_examples = _check_int(bad_examples, "bad_examples", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    n_spikes = check_int(n_spikes, "n_spikes", 0)
+    first_step = check_int(first_step, "first_step", 0)
+    bad_examples = check_int(bad_examples, "bad_examples", 1)
     scale = check_threshold(scale, "scale")
     if bad_examples > batch_size:
         raise ValueError(f"bad_examples must be <= batch_size = {batch_size}, got {bad_examples}")
@@ -82,7 +73,7 @@ def spiky_adding_task(
     ``adding_problem(steps * batch_size, length)`` with :func:`with_target_spikes`
     defaults (4 of 32 targets x 30 in 8 batches at or after step 50).
     """
-    steps = _check_int(steps, "steps", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    steps = check_int(steps, "steps", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
     task = adding_problem(steps * batch_size, length, seed=seed)
     return with_target_spikes(task, batch_size=batch_size, seed=seed)

@@ -21,12 +21,13 @@ Mikolov and Bengio 2013).
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+from clipping_lib._checks import check_int
 
 ADDING_BASELINE_MSE = 1.0 / 6.0  # MSE of always predicting the mean sum, 1
 TEMPORAL_ORDER_CHANCE_CE = math.log(4.0)  # cross-entropy of a uniform guess over 4 classes
@@ -71,18 +72,10 @@ class SequenceTask:
         return self.inputs[start : start + batch_size], self.targets[start : start + batch_size]
 
 
-def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def adding_problem(n: int, length: int, *, seed: int = 0) -> SequenceTask:
     """``n`` adding-problem sequences of ``length`` steps (inputs: value, marker)."""
-    n = _check_positive_int(n, "n")
-    length = _check_positive_int(length, "length", minimum=2)
+    n = check_int(n, "n")
+    length = check_int(length, "length", minimum=2)
     generator = torch.Generator().manual_seed(seed)
     values = torch.rand(n, length, generator=generator)
     half = length // 2
@@ -99,8 +92,8 @@ def adding_problem(n: int, length: int, *, seed: int = 0) -> SequenceTask:
 
 def temporal_order(n: int, length: int, *, seed: int = 0) -> SequenceTask:
     """``n`` temporal-order sequences of ``length`` one-hot symbols; 4 classes."""
-    n = _check_positive_int(n, "n")
-    length = _check_positive_int(length, "length", minimum=10)
+    n = check_int(n, "n")
+    length = check_int(length, "length", minimum=10)
     generator = torch.Generator().manual_seed(seed)
     n_symbols = len(TEMPORAL_ORDER_SYMBOLS)
     symbols = torch.randint(2, n_symbols, (n, length), generator=generator)  # distractors

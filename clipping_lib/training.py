@@ -27,7 +27,6 @@ to stop a diverged run) and one every ``check_every`` steps in :func:`train_many
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from clipping_lib._checks import check_int, check_positive
 from clipping_lib.clip import get_total_norm
 from clipping_lib.strategies import Clipper, ClipStep
 from clipping_lib.tasks import SequenceTask
@@ -134,22 +134,6 @@ class TrainingHistory:
         return float(np.mean(self.clipped)) if self.steps_run else 0.0
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _check_positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
-
-
 def _check_task(task: object) -> SequenceTask:
     if not isinstance(task, SequenceTask):
         raise TypeError(f"task must be a SequenceTask, got {type(task).__name__}")
@@ -181,11 +165,11 @@ def train_rnn(
     task = _check_task(task)
     if not callable(clipper):
         raise TypeError(f"clipper must be callable (a Clipper), got {type(clipper).__name__}")
-    lr = _check_positive_float(lr, "lr")
-    steps = _check_positive_int(steps, "steps")
-    hidden_size = _check_positive_int(hidden_size, "hidden_size")
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    recurrent_scale = _check_positive_float(recurrent_scale, "recurrent_scale")
+    lr = check_positive(lr, "lr")
+    steps = check_int(steps, "steps")
+    hidden_size = check_int(hidden_size, "hidden_size")
+    batch_size = check_int(batch_size, "batch_size")
+    recurrent_scale = check_positive(recurrent_scale, "recurrent_scale")
     model = TanhRNN(
         task.input_size, hidden_size, task.output_size, seed=seed, recurrent_scale=recurrent_scale
     )
@@ -361,23 +345,23 @@ def train_many(
     ends early, checked every ``check_every`` steps, once every run has diverged.
     """
     task = _check_task(task)
-    steps = _check_positive_int(steps, "steps")
-    hidden_size = _check_positive_int(hidden_size, "hidden_size")
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    check_every = _check_positive_int(check_every, "check_every")
-    recurrent_scale = _check_positive_float(recurrent_scale, "recurrent_scale")
+    steps = check_int(steps, "steps")
+    hidden_size = check_int(hidden_size, "hidden_size")
+    batch_size = check_int(batch_size, "batch_size")
+    check_every = check_int(check_every, "check_every")
+    recurrent_scale = check_positive(recurrent_scale, "recurrent_scale")
     if not (len(learning_rates) == len(methods) == len(thresholds) >= 1):
         raise ValueError(
             "learning_rates, methods and thresholds must have the same length >= 1, got "
             f"{len(learning_rates)}, {len(methods)}, {len(thresholds)}"
         )
-    lrs = [_check_positive_float(lr, "learning_rates") for lr in learning_rates]
+    lrs = [check_positive(lr, "learning_rates") for lr in learning_rates]
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"methods must each be one of {METHODS}, got {method!r}")
     for method, threshold in zip(methods, thresholds, strict=True):
         if method != "none":
-            _check_positive_float(threshold, "thresholds")
+            check_positive(threshold, "thresholds")
     m = len(lrs)
     is_norm = torch.tensor([method == "norm" for method in methods])
     is_value = torch.tensor([method == "value" for method in methods])
