@@ -67,6 +67,10 @@ def jupyter_lab(tmp_path_factory, chromium_path) -> dict:
     """Start JupyterLab on a copy of the notebooks; yield its URL and token; stop it."""
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(NOTEBOOKS, root / "notebooks")
+    # Render every cell (no windowing), so each panel can be scrolled to and moved.
+    settings = root / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port, token = _free_port(), secrets.token_hex(16)
     log = (root / "server.log").open("w")
     process = subprocess.Popen(

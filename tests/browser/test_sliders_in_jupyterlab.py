@@ -95,7 +95,7 @@ def test_sliders_redraw_in_jupyterlab(path, jupyter_lab, browser, artifacts):
         errors = page.evaluate(RUN_ALL)
         assert errors == [], f"{path.name}: cells failed in JupyterLab: {errors}"
         panels = page.locator(".jp-OutputArea-output .widget-hbox:has(> img)")
-        panels.first.wait_for(state="visible", timeout=60_000)
+        panels.first.wait_for(state="attached", timeout=60_000)
         assert panels.count() >= 1
         for index in range(panels.count()):
             panel = panels.nth(index)
