@@ -47,7 +47,10 @@ class SliderPanel(widgets.HBox):
             [*self.controls.values(), self.readout],
             layout=widgets.Layout(min_width="320px"),
         )
-        super().__init__([column, self.image])
+        # Wrap the figure below the controls when the notebook is too narrow for both.
+        super().__init__(
+            [column, self.image], layout=widgets.Layout(flex_flow="row wrap", align_items="center")
+        )
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
         self.update()
