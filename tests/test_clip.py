@@ -10,6 +10,7 @@ import torch
 from conftest import clone_params, grads_of, make_params
 
 import clipping_lib as cl
+from clipping_lib.syncs import CountHostSyncs
 
 SHAPES = [(4, 5), (7,), (3, 2, 2), (1,)]
 NORM_TYPES = [0.5, 1, 1.5, 2, 3.5, 4, math.inf, "inf"]
@@ -380,3 +381,30 @@ def test_foreach_true_on_an_unsupported_device_raises_like_torch():
     p.grad = torch.ones(3, device="meta")
     with pytest.raises(RuntimeError, match="foreach=True"):
         cl.clip_grad_value_([p], 1.0, foreach=True)
+
+
+# --- no host sync in the hot path ---------------------------------------------------
+
+
+def test_norm_clipping_makes_no_host_sync():
+    params = make_params(SHAPES, scale=3.0)
+    with CountHostSyncs() as counter:
+        cl.clip_grad_norm_(params, 1.0)
+        cl.clip_grads_with_norm_(params, 1.0, cl.get_total_norm([p.grad for p in params]))
+        cl.clip_grad_value_(params, 0.1)
+    assert counter.count == 0
+
+
+def test_error_if_nonfinite_costs_exactly_one_host_sync():
+    with CountHostSyncs() as counter:
+        cl.clip_grad_norm_(make_params(SHAPES, scale=3.0), 1.0, error_if_nonfinite=True)
+    assert counter.count == 1
+
+
+def test_the_sync_counter_sees_item_and_bool():
+    t = torch.tensor(1.0)
+    with CountHostSyncs() as counter:
+        t.item()
+        bool(t > 0)
+        (t * 2).tolist()
+    assert counter.count == 3
