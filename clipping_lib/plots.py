@@ -89,3 +89,34 @@ def freeze_static_artists(figure: Figure, dynamic: list[Artist]) -> None:
     for text in figure.texts:
         text.set_visible(False)
     figure.add_artist(_StaticPixels(pixels))
+
+
+def plot_curves(
+    ax,
+    curves: dict[str, list[float]],
+    styles: dict[str, tuple[str, str]] | None = None,
+    *,
+    log: bool = False,
+    reference: tuple[float, str] | None = None,
+    legend: str | None = "best",
+    **axis_settings,
+) -> None:
+    """One line per named curve on ``ax`` (x = step), a dashed reference level, a legend.
+
+    ``styles[name]`` is ``(colour, linestyle)``: a key of :data:`COLORS` or any matplotlib
+    colour, and a line style; missing names get the next default colour, solid.
+    ``reference`` is ``(y, label)``, drawn in the threshold colour. ``log`` puts the
+    y axis on a log scale; ``axis_settings`` (xlabel, ylabel, title, ...) go to ``ax.set``.
+    """
+    styles = styles or {}
+    for name, values in curves.items():
+        color, linestyle = styles.get(name, (None, "-"))
+        ax.plot(values, color=COLORS.get(color, color), ls=linestyle, lw=2, label=name)
+    if reference is not None:
+        level, label = reference
+        ax.axhline(level, color=COLORS["threshold"], ls="--", lw=1, label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set(**{"xlabel": "step", **axis_settings})
+    if legend:
+        ax.legend(loc=legend, fontsize="small")
