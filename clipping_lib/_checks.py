@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import math
 import numbers
+import types
+import warnings
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 
-def check_threshold(value: object, name: str) -> float:
-    """Return ``value`` as a float, or raise if it is not a finite number >= 0."""
+def check_threshold(value: object, name: str, *, allow_inf: bool = False) -> float:
+    """Return ``value`` as a float, or raise if it is not a number >= 0.
+
+    Infinity is refused unless ``allow_inf`` (``max_norm=inf``, PyTorch's "measure, don't
+    clip": the coefficient :math:`\\min(1, \\infty / n)` is 1 for every finite norm).
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -19,7 +25,7 @@ def check_threshold(value: object, name: str) -> float:
         raise ValueError(f"{name} must not be NaN")
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
-    if math.isinf(value):
+    if math.isinf(value) and not allow_inf:
         raise ValueError(
             f"{name} must be finite, got {value}; to measure the norm without clipping, "
             "call get_total_norm"
@@ -65,6 +71,20 @@ def as_tensor_list(tensors: Tensor | Iterable[Tensor], name: str) -> list[Tensor
                 f"{name} must contain only Tensors, got {type(item).__name__} at position {index}"
             )
     return items
+
+
+def as_parameter_list(parameters: Tensor | Iterable[Tensor], stacklevel: int = 3) -> list[Tensor]:
+    """What ``clip_grad_norm_`` does with ``parameters``: a tensor becomes ``[tensor]``, any
+    iterable is consumed once (an empty generator warns, as in PyTorch), every element is
+    checked to be a tensor. A single ``Parameter`` is one parameter, never its rows."""
+    is_generator = isinstance(parameters, types.GeneratorType)
+    params = as_tensor_list(parameters, "parameters")
+    if is_generator and not params:
+        warnings.warn(
+            "`parameters` is an empty generator, no gradient clipping will occur.",
+            stacklevel=stacklevel,
+        )
+    return params
 
 
 def check_total_norm(total_norm: object) -> Tensor:

@@ -16,14 +16,14 @@ that optax and TensorFlow use). Value clipping clamps each element to ``[-c, c]`
 
 from __future__ import annotations
 
-import types
-import warnings
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 from clipping_lib._checks import (
+    as_parameter_list,
     as_tensor_list,
     check_eps,
     check_norm_type,
@@ -77,29 +77,24 @@ def _grouped_grads(parameters: list[Tensor]) -> Groups:
     return _group_by_device_and_dtype([p.grad for p in parameters if p.grad is not None])
 
 
-def _parameters_list(parameters: TensorOrTensors) -> list[Tensor]:
-    """Materialise ``parameters`` once (a generator is consumed once), warning when empty."""
-    is_generator = isinstance(parameters, types.GeneratorType)
-    params = as_tensor_list(parameters, "parameters")
-    if is_generator and not params:
-        warnings.warn(
-            "`parameters` is an empty generator, no gradient clipping will occur.",
-            stacklevel=3,
-        )
-    return params
+def _norm_of_groups(
+    groups: Groups, p: float, foreach: bool | None, dtype: torch.dtype | None = None
+) -> Tensor:
+    r"""The p-norm of the per-tensor p-norms, on the first group's device.
 
-
-def _norm_of_groups(groups: Groups, p: float, foreach: bool | None) -> Tensor:
-    r"""The p-norm of the per-tensor p-norms, on the first group's device."""
+    ``dtype`` (``None``: each group's own) is the dtype the norms are accumulated and
+    returned in: the adaptive clippers ask for float32 so an fp16 norm cannot overflow.
+    """
     if not groups:
-        return torch.tensor(0.0)
+        return torch.tensor(0.0, dtype=dtype)
     first_device = next(iter(groups))[0]
     norms: list[Tensor] = []
-    for (device, _), group in groups.items():
+    for (device, group_dtype), group in groups.items():
+        cast = None if dtype in (None, group_dtype) else dtype
         if _use_foreach(foreach, group, device):
-            norms.extend(torch._foreach_norm(group, p))
+            norms.extend(torch._foreach_norm(group, p, dtype=cast))
         else:
-            norms.extend(torch.linalg.vector_norm(t, p) for t in group)
+            norms.extend(torch.linalg.vector_norm(t, p, dtype=cast) for t in group)
     return torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), p)
 
 
@@ -176,7 +171,7 @@ def clip_grads_with_norm_(
     measured, logged or reduced across workers before the gradients are touched.
     """
     params = as_tensor_list(parameters, "parameters")
-    max_norm = check_threshold(max_norm, "max_norm")
+    max_norm = check_threshold(max_norm, "max_norm", allow_inf=True)
     total_norm = check_total_norm(total_norm)
     eps = check_eps(eps)
     _check_exact_clip(max_norm, eps)
@@ -197,12 +192,16 @@ def clip_grad_norm_(
     r"""Rescale all gradients together so that their total p-norm is at most ``max_norm``.
 
     :math:`g \leftarrow g \cdot \min(1, c / (\lVert g\rVert_p + \varepsilon))`.
-    Returns the total norm **before** clipping. ``eps=0.0`` clips exactly to ``max_norm``.
+    Returns the total norm **before** clipping. ``eps=0.0`` clips exactly to ``max_norm``;
+    ``max_norm=inf`` measures and changes nothing (the coefficient is exactly 1 for a
+    finite norm), PyTorch's idiom for logging the norm. A NaN or inf norm is handled as
+    PyTorch does: the coefficient is NaN or 0, so the gradients stay non-finite and a
+    ``GradScaler`` still skips the step.
     This is :func:`get_total_norm` followed by :func:`clip_grads_with_norm_`, with the
     gradients gathered and grouped once for both.
     """
-    params = _parameters_list(parameters)
-    max_norm = check_threshold(max_norm, "max_norm")
+    params = as_parameter_list(parameters)
+    max_norm = check_threshold(max_norm, "max_norm", allow_inf=True)
     p = check_norm_type(norm_type)
     eps = check_eps(eps)
     _check_exact_clip(max_norm, eps)
@@ -215,18 +214,42 @@ def clip_grad_norm_(
     return total_norm
 
 
+def _check_clip_value_fits(groups: Groups, clip_value: float) -> None:
+    """Raise, before any gradient is touched, what clamping one of the groups would raise."""
+    for _, dtype in groups:
+        if dtype.is_complex:
+            raise NotImplementedError(
+                f"clip_grad_value_ cannot clamp complex gradients ({dtype}): "
+                "clamp is not defined for complex numbers"
+            )
+        if math.isfinite(clip_value) and clip_value > torch.finfo(dtype).max:
+            raise RuntimeError(
+                f"clip_value={clip_value:g} cannot be converted to {dtype} without overflow "
+                f"(largest {dtype}: {torch.finfo(dtype).max:g}); no gradient was changed"
+            )
+
+
 @torch.no_grad()
 def clip_grad_value_(
     parameters: TensorOrTensors,
     clip_value: float,
     foreach: bool | None = None,
 ) -> None:
-    r"""Clamp every gradient element in place: :math:`g_i \leftarrow \max(-c, \min(g_i, c))`."""
+    r"""Clamp every gradient element in place: :math:`g_i \leftarrow \max(-c, \min(g_i, c))`.
+
+    Everything is checked before any gradient changes: a ``clip_value`` that overflows one
+    of the gradients' dtypes (1e5 with float16 gradients) or complex gradients raise the
+    error PyTorch raises, with every gradient left as it was.
+    """
     params = as_tensor_list(parameters, "parameters")
-    clip_value = check_threshold(clip_value, "clip_value")
+    clip_value = check_threshold(clip_value, "clip_value", allow_inf=True)
     _check_foreach(foreach)
-    for (device, _), group in _grouped_grads(params).items():
-        if _use_foreach(foreach, group, device):
+    groups = _grouped_grads(params)
+    _check_clip_value_fits(groups, clip_value)
+    # Decided for every group first: foreach=True on an unsupported device raises here.
+    plan = [(group, _use_foreach(foreach, group, device)) for (device, _), group in groups.items()]
+    for group, use_foreach in plan:
+        if use_foreach:
             torch._foreach_clamp_min_(group, -clip_value)
             torch._foreach_clamp_max_(group, clip_value)
         else:
@@ -238,7 +261,7 @@ def clip_by_value(g: Tensor, clip_value: float) -> Tensor:
     r"""A new tensor with every element of ``g`` clamped to :math:`[-c, c]`."""
     if not isinstance(g, Tensor):
         raise TypeError(f"g must be a Tensor, got {type(g).__name__}")
-    clip_value = check_threshold(clip_value, "clip_value")
+    clip_value = check_threshold(clip_value, "clip_value", allow_inf=True)
     return g.clamp(min=-clip_value, max=clip_value)
 
 
@@ -252,7 +275,7 @@ def clip_by_norm(
     """
     if not isinstance(g, Tensor):
         raise TypeError(f"g must be a Tensor, got {type(g).__name__}")
-    max_norm = check_threshold(max_norm, "max_norm")
+    max_norm = check_threshold(max_norm, "max_norm", allow_inf=True)
     p = check_norm_type(norm_type)
     eps = check_eps(eps)
     _check_exact_clip(max_norm, eps)

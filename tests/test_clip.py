@@ -278,7 +278,6 @@ def test_clip_by_norm_with_inf_norm():
 BAD_THRESHOLDS = [
     (-1.0, ValueError, ">= 0"),
     (math.nan, ValueError, "NaN"),
-    (math.inf, ValueError, "finite"),
     ("1.0", TypeError, "real number"),
     (None, TypeError, "real number"),
     (True, TypeError, "real number"),
@@ -408,3 +407,47 @@ def test_the_sync_counter_sees_item_and_bool():
         bool(t > 0)
         (t * 2).tolist()
     assert counter.count == 3
+
+
+def test_infinite_threshold_measures_and_changes_nothing_as_in_pytorch():
+    ours = make_params(SHAPES, scale=3.0)
+    theirs = clone_params(ours)
+    before = grads_of(ours)
+    norm = cl.clip_grad_norm_(ours, math.inf)
+    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(theirs, math.inf))
+    assert_unchanged(before, ours)
+    cl.clip_grads_with_norm_(ours, math.inf, norm)
+    cl.clip_grad_value_(ours, math.inf)
+    assert_unchanged(before, ours)
+    g = torch.randn(5) * 1e15
+    assert torch.equal(cl.clip_by_norm(g, math.inf), g)
+    assert torch.equal(cl.clip_by_value(g, math.inf), g)
+
+
+@pytest.mark.parametrize(
+    ("second", "clip_value", "error"),
+    [
+        (torch.float16, 1e5, RuntimeError),  # 1e5 overflows float16
+        (torch.bfloat16, 3.4e38, RuntimeError),
+        (torch.complex64, 1.0, NotImplementedError),  # clamp has no complex kernel
+    ],
+)
+def test_clip_grad_value_checks_everything_before_touching_a_gradient(second, clip_value, error):
+    first = torch.nn.Parameter(torch.zeros(3))
+    first.grad = torch.tensor([1e6, -1e6, 1.0])
+    other = torch.nn.Parameter(torch.zeros(2, dtype=second))
+    other.grad = torch.ones(2, dtype=second)
+    reference = clone_params([first, other])
+    with pytest.raises(error):
+        torch.nn.utils.clip_grad_value_(reference, clip_value)  # PyTorch raises too
+    with pytest.raises(error, match=r"clip_value|complex"):
+        cl.clip_grad_value_([first, other], clip_value)
+    assert torch.equal(first.grad, torch.tensor([1e6, -1e6, 1.0]))
+    assert torch.equal(other.grad, torch.ones(2, dtype=second))
+
+
+def test_largest_finite_clip_value_of_a_dtype_is_accepted():
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))
+    p.grad = torch.tensor([1.0, -70000.0]).to(torch.float16)  # -inf in float16
+    cl.clip_grad_value_([p], 65504.0)
+    assert p.grad.tolist() == [1.0, -65504.0]
