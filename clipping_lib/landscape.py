@@ -203,3 +203,59 @@ def descent_path(
         points.append((w, b))
         losses.append(loss)
     return DescentPath(np.array(points), np.array(losses), np.array(norms), np.array(lengths))
+
+
+def fixed_point_slope(w: float, *, x0: float = X0) -> float:
+    r"""The slope :math:`\lambda = w\,\sigma'(x_0)` of the map :math:`x \mapsto w\sigma(x) + b`
+    at :math:`x_0`.
+
+    On the edge of the cliff, :math:`b = x_0 - w\sigma(x_0)` (:func:`edge_bias`) makes
+    :math:`x_0` a fixed point; for :math:`\lambda > 1` it is unstable and the trajectory
+    lingers there before it leaves. With :math:`x_0 = 0.5`,
+    :math:`\sigma'(0.5) = 0.2350`, so :math:`\lambda \approx 0.235\,w` (not the sigmoid's
+    steepest slope :math:`w/4`, which it has at 0).
+    """
+    s = _sigmoid_float(x0)
+    return float(w) * s * (1.0 - s)
+
+
+def edge_bias(w: float, *, x0: float = X0) -> float:
+    r"""The bias :math:`b = x_0 - w\sigma(x_0)` that makes :math:`x_0` a fixed point: the edge."""
+    return x0 - float(w) * _sigmoid_float(x0)
+
+
+def predicted_wall_width(w: float, *, steps: int = STEPS, x0: float = X0) -> float:
+    r"""The wall's width in :math:`b`, to a factor of order 1: :math:`(\lambda-1)\lambda^{-T}`.
+
+    A change :math:`\delta b` moves :math:`x_T` by :math:`\delta b \sum_{k<T}\lambda^k
+    \approx \delta b\,\lambda^T/(\lambda - 1)` near the unstable fixed point, and the wall
+    is crossed once that reaches order 1. Valid for :math:`\lambda = w\sigma'(x_0) > 1`.
+    """
+    slope = fixed_point_slope(w, x0=x0)
+    if slope <= 1.0:
+        raise ValueError(f"the fixed point is stable for w = {w} (slope {slope:.3f} <= 1)")
+    return (slope - 1.0) * slope ** -check_int(steps, "steps")
+
+
+@single_thread()
+def gradient_and_hessian_norms(
+    w: Tensor, b: Tensor, *, steps: int = STEPS
+) -> tuple[Tensor, Tensor]:
+    r""":math:`\lVert\nabla L\rVert` and :math:`\lVert\nabla^2 L\rVert_2` at every point ``(w, b)``.
+
+    ``w`` and ``b`` broadcast together; exact derivatives by autograd (double backward,
+    float64). The 2 x 2 Hessian is symmetric, so its spectral norm is its largest
+    eigenvalue in modulus.
+    """
+    # One independent (w, b) per point, so that summing the losses keeps derivatives apart.
+    w, b = (v.double().detach().clone().requires_grad_() for v in torch.broadcast_tensors(w, b))
+    loss = (torch.sigmoid(final_state(w, b, steps=steps)) - TARGET) ** 2
+    grad_w, grad_b = torch.autograd.grad(loss.sum(), (w, b), create_graph=True)
+    h_ww, h_wb = torch.autograd.grad(grad_w.sum(), (w, b), retain_graph=True)
+    h_bw, h_bb = torch.autograd.grad(grad_b.sum(), (w, b))
+    hessian = torch.stack(
+        [torch.stack([h_ww, h_wb], dim=-1), torch.stack([h_bw, h_bb], dim=-1)], dim=-2
+    )
+    hessian = 0.5 * (hessian + hessian.transpose(-1, -2))  # symmetric up to rounding
+    hessian_norm = torch.linalg.eigvalsh(hessian).abs().amax(dim=-1)
+    return torch.hypot(grad_w, grad_b).detach(), hessian_norm
