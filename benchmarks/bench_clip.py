@@ -1,12 +1,14 @@
 """How fast is clipping_lib's norm clipping next to PyTorch's, and next to the naive loop?
 
-Run:  python benchmarks/bench_clip.py [--rounds 15] [--device cpu|cuda] [--skip-large]
+Run:  python benchmarks/bench_clip.py [--rounds 15] [--device cpu|cuda] [--skip-large] [--check]
 
 For parameter sets of 10, 100, 1,000 and 10,000 tensors and one ~100M-parameter model,
 the three implementations are timed interleaved in one run (clipping_lib.timing.compare),
 each call on freshly restored gradients, and the median ratio to PyTorch is printed.
 For the large model, effective memory bandwidth is compared with a plain copy measured
 in the same run: norm clipping reads the gradients twice and writes them once (3 passes).
+With --check it fails unless the naive loop is over 1.2x slower than PyTorch at 1,000
+tensors (the claim notebook 04 explains; a speed claim is checked here, not in a notebook).
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def restore(params: list[torch.nn.Parameter], master: list[torch.Tensor]):
     return setup
 
 
-def run_case(name: str, params, rounds: int) -> dict[str, float]:
+NAIVE_SLOWER_AT_1000 = 1.2  # --check: naive loop / torch, median of per-round ratios
+
+
+def run_case(name: str, params, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
     master = attach_grads(params)
     seconds = compare(candidates(params), restore(params, master), rounds=rounds)
     med = {k: statistics.median(v) for k, v in seconds.items()}
@@ -82,7 +87,7 @@ def run_case(name: str, params, rounds: int) -> dict[str, float]:
         f"| {ratios['naive loop']:.2f} |",
         flush=True,
     )
-    return med
+    return med, ratios
 
 
 def bandwidth(params, clip_seconds: float, rounds: int) -> None:
@@ -110,6 +115,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-large", action="store_true", help="skip the ~100M model")
+    parser.add_argument(
+        "--check", action="store_true", help="fail unless the naive loop is slower at 1,000 tensors"
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
@@ -119,12 +127,19 @@ def main() -> None:
         "| case | torch ms | clipping_lib ms | naive loop ms | clipping_lib / torch "
         "| naive / torch |\n|---|---|---|---|---|---|"
     )
+    naive_ratio = {}
     for count in (10, 100, 1_000, 10_000):
-        run_case(f"{count:,} tensors of 32x32", small_tensor_set(count, args.device), args.rounds)
+        params = small_tensor_set(count, args.device)
+        _, ratios = run_case(f"{count:,} tensors of 32x32", params, args.rounds)
+        naive_ratio[count] = ratios["naive loop"]
     if not args.skip_large:
         params = large_model(args.device)
-        med = run_case("~100M-parameter model", params, max(5, args.rounds // 3))
+        med, _ = run_case("~100M-parameter model", params, max(5, args.rounds // 3))
         bandwidth(params, med["clipping_lib"], max(5, args.rounds // 3))
+    if args.check:
+        ratio = naive_ratio[1_000]
+        assert ratio > NAIVE_SLOWER_AT_1000, f"naive loop / torch at 1,000 tensors: {ratio:.2f}"
+        print(f"\ncheck passed: the naive loop is {ratio:.2f}x PyTorch's time at 1,000 tensors")
 
 
 if __name__ == "__main__":
