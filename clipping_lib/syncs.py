@@ -3,8 +3,12 @@
 ``t.item()``, ``float(t)``, ``int(t)``, ``bool(t)`` (and so ``if t:``) and ``t.tolist()``
 need the value on the host: on a GPU each one waits until every queued kernel has
 finished. Counting them from Python (with the public ``TorchFunctionMode``) shows
-whether a function keeps its decisions on the device. Only calls made from Python are
-seen, which is where such syncs come from in clipping code.
+whether a function keeps its decisions on the device.
+
+Only these Python-visible conversions are counted. Operations that sync *inside* a
+kernel call are not: those whose output size depends on the data (``torch.nonzero``,
+boolean-mask indexing ``g[g > 0]``, ``torch.unique``) and copies to the host
+(``.cpu()``). On CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` reports those too.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from clipping_lib.manual import (
     naive_clip_grad_value_,
     vectorized_clip_grad_norm_,
 )
+from clipping_lib.syncs import CountHostSyncs
 
 SHAPES = [(8, 4), (4,), (16, 8), (8,), (1, 8), (1,)]
 
@@ -137,3 +138,29 @@ def test_a_parameter_listed_twice_is_counted_and_scaled_twice():
         assert float(norm) == pytest.approx(5.0 * math.sqrt(2))
         coefficient = 1.0 / math.sqrt(50)  # applied once per listing: twice
         assert torch.linalg.vector_norm(p.grad).item() == pytest.approx(5 * coefficient**2, 1e-5)
+
+
+def test_host_sync_counter_sees_one_sync_per_tensor_in_the_naive_loop_and_none_vectorised():
+    params = make_params(SHAPES)
+    for clip, expected in ((naive_clip_grad_norm_, len(SHAPES)), (vectorized_clip_grad_norm_, 0)):
+        with CountHostSyncs() as counter:
+            clip(params, 0.1)
+        assert counter.count == expected, clip.__name__
+
+
+def test_host_sync_counter_sees_python_conversions_only():
+    # What notebook 04 says: .item(), float(), bool() are counted; syncs inside
+    # data-dependent operations (nonzero, boolean masks, unique) and .cpu() are not.
+    g = torch.tensor([1.0, -2.0, 3.0])
+    with CountHostSyncs() as conversions:
+        g.sum().item()
+        float(g.max())
+        bool(g.min() < 0)
+        g.tolist()
+    assert conversions.count == 4
+    with CountHostSyncs() as inside_ops:
+        g[g > 0]
+        torch.nonzero(g)
+        torch.unique(g)
+        g.cpu()
+    assert inside_ops.count == 0
