@@ -231,3 +231,55 @@ def gated_gradient_norms(
         for i in range(0, len(grads), per_state)
     ]
     return torch.stack(squares, dim=-1).sqrt().flip(-1).detach()
+
+
+def weight_gradient_terms(
+    model: RNN, x: Tensor, h0: Tensor | None = None, direction: Tensor | None = None
+) -> Tensor:
+    r"""The per-step terms of :math:`\partial L/\partial W = \sum_t \delta_t h_{t-1}^\top`.
+
+    For :math:`L = \sum_b v^\top h_T^{(b)}` (as in :func:`bptt_gradient_norms`), the state
+    gradients run backwards, :math:`\partial L/\partial h_T = v` and
+    :math:`\partial L/\partial h_{t-1} = J_t^\top\,\partial L/\partial h_t`, and step
+    :math:`t` contributes
+    :math:`\delta_t h_{t-1}^\top` with :math:`\delta_t = \varphi'(a_t) \odot
+    \partial L/\partial h_t = D_t (J_T \cdots J_{t+1})^\top v`. Returns ``(T, n, n)``:
+    entry ``t - 1`` is step ``t``'s term summed over the batch. Their sum is the full BPTT
+    gradient; the last ``k`` alone are truncated BPTT (:func:`truncated_weight_gradient`).
+    Computed explicitly (no autograd), in float64.
+    """
+    if not isinstance(model, RNN):
+        raise TypeError(f"model must be a clipping_lib.models.RNN, got {type(model).__name__}")
+    n = model.hidden_size
+    if direction is None:
+        direction = torch.full((n,), 1.0 / math.sqrt(n), dtype=torch.float64)
+    elif not isinstance(direction, Tensor) or direction.shape != (n,):
+        raise ValueError(f"direction must be a tensor of shape ({n},)")
+    h0 = model.initial_state(x, h0)
+    W = model.W.detach().double()
+    with torch.no_grad(), single_thread():
+        states = [s.double() for s in model.unroll(x, h0)]
+        grad_h = direction.double().expand_as(states[-1])
+        terms = []
+        for t in range(len(states) - 1, 0, -1):
+            slope = 1.0 - states[t] ** 2 if model.nonlinearity == "tanh" else 1.0
+            delta = slope * grad_h  # dL/da_t
+            terms.append(delta.T @ states[t - 1])
+            grad_h = delta @ W  # dL/dh_{t-1} = W^T delta_t, for every row of the batch
+    return torch.stack(terms[::-1])
+
+
+def truncated_weight_gradient(
+    model: RNN, x: Tensor, k: int, h0: Tensor | None = None, direction: Tensor | None = None
+) -> Tensor:
+    r"""Truncated BPTT: :math:`\partial L/\partial W` through the last ``k`` steps only.
+
+    The sum of the last ``k`` terms of :func:`weight_gradient_terms`; it equals autograd's
+    gradient when the state :math:`h_{T-k}` is detached. With :math:`|\varphi'| \le 1` and
+    :math:`\lVert h\rVert \le \sqrt n` (tanh), its norm is at most
+    :math:`\sqrt n\,\lVert v\rVert \sum_{j<k} \sigma_{\max}(W)^j` per sequence, whatever
+    :math:`T` is.
+    """
+    k = check_int(k, "k")
+    terms = weight_gradient_terms(model, x, h0, direction)
+    return terms[-k:].sum(dim=0)
