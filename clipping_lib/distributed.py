@@ -31,8 +31,10 @@ import math
 import os
 import pickle
 import queue
+import select
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -52,6 +54,7 @@ __all__ = [
     "accumulation_no_sync",
     "clip_sharded_grads_",
     "ddp_clip_step",
+    "echo",
     "free_port",
     "make_batch",
     "make_model",
@@ -85,24 +88,74 @@ def _loopback_interface() -> str | None:
     return next((name for name in ("lo", "lo0") if name in names), None)
 
 
-def _serve(rank: int, world_size: int, port: int, tasks, results, timeout: float) -> None:
-    """One worker: join the group, then run each task sent to it until told to stop."""
+def _parent_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed parent not yet reaped by its own parent is a zombie: dead for us
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _exit_when_parent_dies(parent_pid: int) -> None:
+    """Start a thread that ends this worker as soon as the process that made the group ends.
+
+    A killed notebook kernel cannot stop its workers, and a worker blocked in
+    ``tasks.get()`` or in a collective would wait forever; the fork server in turn lives
+    as long as a worker holds its pipe. On Linux the thread waits on a pidfd (woken when
+    the parent exits, however it exits); elsewhere it polls twice a second.
+    """
+
+    def watch() -> None:
+        pidfd = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(parent_pid)
+            except OSError:
+                pidfd = None
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+        else:
+            while _parent_is_alive(parent_pid):
+                time.sleep(0.5)
+        os._exit(1)
+
+    if not _parent_is_alive(parent_pid):
+        os._exit(1)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _serve(
+    rank: int, world_size: int, port: int, tasks, results, timeout: float, parent_pid: int
+) -> None:
+    """One worker: join the group, then run each task sent to it until told to stop.
+
+    A task is ``(task_id, function, kwargs)``; every answer carries the task's id, so the
+    group can tell a late answer to an interrupted task from the answer it waits for.
+    """
+    _exit_when_parent_dies(parent_pid)
     os.environ["MASTER_ADDR"] = _LOOPBACK
     os.environ["MASTER_PORT"] = str(port)
     interface = _loopback_interface()
     if interface is not None:  # gloo's own connections stay on the loopback too
         os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
     torch.set_num_threads(1)  # the workers share the machine's cores
+    task_id = 0
     try:
         dist.init_process_group(
             "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
         )
-        results.put(("ready", rank, None))
+        results.put(("ready", rank, task_id, None))
         while (task := tasks.get()) is not None:
-            function, kwargs = task
-            results.put(("ok", rank, pickle.dumps(function(**kwargs))))
+            task_id, function, kwargs = task
+            results.put(("ok", rank, task_id, pickle.dumps(function(**kwargs))))
     except BaseException:
-        results.put(("error", rank, traceback.format_exc()))
+        results.put(("error", rank, task_id, traceback.format_exc()))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -144,8 +197,13 @@ class WorkerGroup:
     returns the results in rank order. If a worker raises or dies, or the results do
     not arrive within ``timeout`` seconds, every worker is stopped and
     :class:`WorkerError` is raised with the worker's traceback; the group is then closed.
-    The workers are daemon processes, so they also end with the Python process that
-    started them.
+
+    Each task carries an id: if a ``run`` is interrupted (a notebook's interrupt button),
+    the workers' late answers to it are dropped by the next ``run``, which returns only
+    its own results (or fails with a clear timeout if the interrupted task never ends).
+    The workers end with the process that started them, however it ends (a killed
+    kernel included): each watches its parent and exits within a second of its death,
+    and the fork server follows once its workers are gone.
     """
 
     def __init__(
@@ -159,6 +217,7 @@ class WorkerGroup:
         start_timeout = check_positive(start_timeout, "start_timeout")
         self.world_size = world_size
         self.closed = False
+        self._task_id = 0
         context = _worker_context()
         self._results = context.Queue()
         self._tasks = [context.Queue() for _ in range(world_size)]
@@ -166,7 +225,10 @@ class WorkerGroup:
         self._processes = [
             context.Process(
                 target=_serve,
-                args=(rank, world_size, port, self._tasks[rank], self._results, self.timeout),
+                args=(
+                    rank, world_size, port, self._tasks[rank], self._results, self.timeout,
+                    os.getpid(),
+                ),
                 daemon=True,
                 name=f"clipping-worker-{rank}",
             )
@@ -182,8 +244,9 @@ class WorkerGroup:
             raise RuntimeError("this WorkerGroup is closed; start a new one")
         if not callable(function) or "<" in getattr(function, "__qualname__", "<"):
             raise TypeError("function must be a module-level function (workers import it by name)")
+        self._task_id += 1
         for tasks in self._tasks:
-            tasks.put((function, kwargs))
+            tasks.put((self._task_id, function, kwargs))
         return self._collect("ok", f"running {function.__name__}", self.timeout)
 
     def close(self) -> None:
@@ -226,7 +289,7 @@ class WorkerGroup:
         deadline = time.monotonic() + timeout
         while len(received) < self.world_size:
             try:
-                status, rank, payload = self._results.get(timeout=_POLL_SECONDS)
+                status, rank, task_id, payload = self._results.get(timeout=_POLL_SECONDS)
             except queue.Empty:
                 dead = [
                     (rank, p.exitcode)
@@ -248,10 +311,13 @@ class WorkerGroup:
                     )
                 continue
             if status == "error":
+                late = "" if task_id == self._task_id else " (an earlier, interrupted task)"
                 self._fail(
-                    f"worker {rank} of {self.world_size} failed while {what}; "
+                    f"worker {rank} of {self.world_size} failed while {what}{late}; "
                     f"all workers were stopped. Its traceback:\n{payload}"
                 )
+            if task_id != self._task_id:
+                continue  # a late answer to an interrupted run: not ours
             received[rank] = pickle.loads(payload) if status == "ok" else payload
         return [received[rank] for rank in range(self.world_size)]
 
@@ -289,6 +355,12 @@ def misbehave(rank: int = 1, how: str = "raise") -> None:
     dist.all_reduce(torch.ones(1))
 
 
+def echo(value: object = None, delay: float = 0.0) -> tuple[int, object]:
+    """``(rank, value)`` after ``delay`` seconds: a task whose answer says whose it is."""
+    time.sleep(delay)
+    return dist.get_rank(), value
+
+
 # ---------------------------------------------------------------------------------------
 # Norms of sharded gradients
 # ---------------------------------------------------------------------------------------
@@ -303,7 +375,9 @@ def sharded_total_norm(
     Each rank passes only its own shards :math:`g_r`. For finite p the ranks add their
     :math:`\lVert g_r\rVert_p^p` with an ``all_reduce(SUM)`` and take the p-th root; for
     the max norm they take an ``all_reduce(MAX)`` of :math:`\lVert g_r\rVert_\infty`.
-    Every rank gets the same 0-d tensor.
+    Every rank gets the same 0-d tensor, in the shards' dtype as ``get_total_norm``
+    returns it; the powers and the sum are taken in float32 (float64 for float64 shards),
+    since :math:`\lVert g_r\rVert_p^p` overflows float16 for a norm above 256 when p = 2.
     """
     p = check_norm_type(norm_type)
     tensors = [t for t in as_tensor_list(local_tensors, "local_tensors") if t.numel()]
@@ -312,9 +386,10 @@ def sharded_total_norm(
         total = local.clone()
         dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
         return total
-    total = local.pow(p)
+    wide = torch.float64 if local.dtype == torch.float64 else torch.float32
+    total = local.to(wide).pow(p)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-    return total.pow(1.0 / p)
+    return total.pow(1.0 / p).to(local.dtype)
 
 
 @torch.no_grad()
@@ -332,7 +407,7 @@ def clip_sharded_grads_(
     :func:`sharded_total_norm` of their gradients, so every rank scales by the same factor.
     """
     params = as_tensor_list(parameters, "parameters")
-    max_norm = check_threshold(max_norm, "max_norm")
+    max_norm = check_threshold(max_norm, "max_norm", allow_inf=True)
     grads = [p.grad for p in params if p.grad is not None]
     total_norm = sharded_total_norm(grads, norm_type, group)
     clip_grads_with_norm_(params, max_norm, total_norm, eps=eps)

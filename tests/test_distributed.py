@@ -7,7 +7,12 @@ the failure tests start their own groups, since a failure ends a group.
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +22,7 @@ from clipping_lib.distributed import (
     WorkerGroup,
     accumulation_no_sync,
     ddp_clip_step,
+    echo,
     free_port,
     make_batch,
     misbehave,
@@ -166,3 +172,60 @@ def test_workers_that_do_not_start_in_time_are_stopped():
     with pytest.raises(WorkerError, match=r"timed out after 0\.001 s while starting the workers"):
         WorkerGroup(2, start_timeout=0.001)
     assert time.monotonic() - start < 10
+
+
+def test_an_interrupted_run_leaves_no_stale_answers():
+    import _thread
+    import threading
+
+    with WorkerGroup(2, timeout=60) as group:
+        threading.Timer(0.5, _thread.interrupt_main).start()  # the notebook's interrupt button
+        with pytest.raises(KeyboardInterrupt):
+            group.run(echo, value="interrupted", delay=2.0)
+        assert group.run(echo, value="next") == [(0, "next"), (1, "next")]
+        assert group.run(echo, value="after") == [(0, "after"), (1, "after")]
+
+
+PARENT = """
+import os, sys, time
+from multiprocessing import forkserver
+from clipping_lib.distributed import WorkerGroup
+
+if __name__ == "__main__":
+    group = WorkerGroup(2)
+    server = forkserver._forkserver._forkserver_pid
+    print(server, *[p.pid for p in group._processes], flush=True)
+    time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # reparented to a PID 1 that does not reap: a zombie has exited too
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server is Linux-only")
+def test_workers_and_fork_server_exit_when_the_parent_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    try:
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(pids) == 3 and not any(_gone(pid) for pid in pids)
+    finally:
+        parent.send_signal(signal.SIGKILL)  # a killed kernel: no cleanup code runs
+        parent.wait()
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and not all(_gone(pid) for pid in pids):
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in pids), "a worker or the fork server outlived the parent"
