@@ -40,3 +40,22 @@ def test_panel_moves_with_the_slider():
         slider.value = value
     assert panel.image.value != before
     assert "C = 1.00" in panel.readout.value and "of 32 examples clipped" in panel.readout.value
+
+
+def test_dtensor_norm_of_one_gradient_is_partial_until_full_tensor():
+    # Notebook 08's claim: .item() of one DTensor gradient's norm is this rank's part;
+    # .full_tensor() is the true norm; the total over a list is already reduced.
+    from clipping_lib.distributed import WorkerGroup
+    from clipping_lib.panels.at_scale_workers import dtensor_norm_logging
+
+    with WorkerGroup(2, timeout=60) as group:
+        ranks = group.run(dtensor_norm_logging)
+    reference = ranks[0]["layer_reference"]
+    for rank in ranks:
+        assert "NormPartial" in rank["layer_placements"]
+        assert rank["layer_item"] < 0.95 * reference
+        assert rank["layer_full"] == pytest.approx(reference, rel=1e-5)
+        assert "Replicate" in rank["total_placements"]
+        assert rank["total_item"] == pytest.approx(ranks[0]["total_item"], rel=1e-6)
+    parts = sum(rank["layer_item"] ** 2 for rank in ranks) ** 0.5
+    assert parts == pytest.approx(reference, rel=1e-5)  # the partial norms add in squares
