@@ -31,17 +31,23 @@ Grads = dict[str, Tensor]
 def per_sample_grads(
     model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, targets: Tensor
 ) -> Grads:
-    """The gradient of ``loss_fn(model(x_i), y_i)`` for every example: name -> ``(B, *shape)``."""
+    """The gradient of ``loss_fn(model(x_i), y_i)`` for every example: name -> ``(B, *shape)``.
+
+    Only trainable parameters (``requires_grad``) get gradients, as in ``backward()``;
+    frozen ones stay constants of the model. Random layers (dropout) draw an independent
+    mask for every example (``vmap(randomness="different")``), as they do in a batch.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if len(inputs) != len(targets):
         raise ValueError(f"inputs and targets differ in length: {len(inputs)} vs {len(targets)}")
-    params = {name: p.detach() for name, p in model.named_parameters()}
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
     def loss_of_one(params: Grads, x: Tensor, y: Tensor) -> Tensor:
         return loss_fn(functional_call(model, params, (x.unsqueeze(0),)), y.unsqueeze(0))
 
-    return vmap(grad(loss_of_one), in_dims=(None, 0, 0))(params, inputs, targets)
+    per_example = vmap(grad(loss_of_one), in_dims=(None, 0, 0), randomness="different")
+    return per_example(params, inputs, targets)
 
 
 def per_sample_norms(grads: Grads) -> Tensor:
@@ -65,13 +71,20 @@ def dp_sgd_gradient(
     generator: torch.Generator | None = None,
 ) -> Grads:
     r"""DP-SGD's gradient: the sum of per-sample clipped gradients plus Gaussian noise of
-    standard deviation :math:`\sigma C`, divided by the batch size."""
+    standard deviation :math:`\sigma C`, divided by the batch size. The noise is drawn on
+    the gradients' device (on ``generator``'s, if one is given)."""
     noise_multiplier = check_threshold(noise_multiplier, "noise_multiplier")
     clipped = clip_per_sample(grads, max_norm)
     result = {}
     for name, g in clipped.items():
-        noise = (
-            torch.randn(g.shape[1:], generator=generator, dtype=g.dtype) if noise_multiplier else 0
-        )
+        noise = _gaussian(g.shape[1:], g, generator) if noise_multiplier else 0
         result[name] = (g.sum(dim=0) + noise_multiplier * max_norm * noise) / len(g)
     return result
+
+
+def _gaussian(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise with ``like``'s dtype and device, drawn on ``generator``'s
+    device (a generator belongs to one device), then moved to ``like``'s."""
+    device = like.device if generator is None else generator.device
+    noise = torch.randn(shape, generator=generator, dtype=like.dtype, device=device)
+    return noise.to(like.device)

@@ -32,6 +32,7 @@ from clipping_lib.distributed import (
 
 MAX_NORM = 0.2
 TENSOR = torch.arange(5.0)
+FP16_SHARD = torch.full((4,), 200.0, dtype=torch.float16)  # norm 400: its square overflows fp16
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def group_and_results():
             "accumulation": group.run(accumulation_no_sync, max_norm=MAX_NORM),
             "p3": group.run(sharded_total_norm, local_tensors=[TENSOR], norm_type=3),
             "inf": group.run(sharded_total_norm, local_tensors=[TENSOR], norm_type="inf"),
+            "fp16": group.run(sharded_total_norm, local_tensors=[FP16_SHARD]),
         }
         yield group, results
     finally:
@@ -229,3 +231,10 @@ def test_workers_and_fork_server_exit_when_the_parent_is_killed(tmp_path):
     while time.monotonic() < deadline and not all(_gone(pid) for pid in pids):
         time.sleep(0.1)
     assert all(_gone(pid) for pid in pids), "a worker or the fork server outlived the parent"
+
+
+def test_sharded_norm_of_fp16_shards_does_not_overflow(results):
+    expected = torch.linalg.vector_norm(torch.cat([FP16_SHARD.float()] * 2))  # about 566
+    for total in results["fp16"]:
+        assert total.dtype == torch.float16 and torch.isfinite(total)
+        torch.testing.assert_close(total.float(), expected, rtol=1e-3, atol=0)

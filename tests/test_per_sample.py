@@ -80,3 +80,36 @@ def test_bad_input(setup):
         per_sample_grads(model, mse, x, y[:3])
     with pytest.raises(TypeError, match="model"):
         per_sample_grads(lambda t: t, mse, x, y)
+
+
+def test_frozen_parameters_get_no_per_sample_gradient(setup):
+    _, x, y, _ = setup
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    model[0].requires_grad_(False)  # a frozen backbone
+    grads = per_sample_grads(model, mse, x, y)
+    assert set(grads) == {"2.weight", "2.bias"}
+    model.zero_grad()
+    mse(model(x[:1]), y[:1]).backward()
+    torch.testing.assert_close(grads["2.weight"][0], model[2].weight.grad)
+
+
+def test_dropout_draws_one_mask_per_example(setup):
+    _, x, y, _ = setup
+    torch.manual_seed(0)
+    layers = torch.nn.Linear(3, 64), torch.nn.Dropout(0.5), torch.nn.Linear(64, 2)
+    model = torch.nn.Sequential(*layers)
+    same_x = x[:1].expand(6, 3)  # six copies of one example
+    grads = per_sample_grads(model, mse, same_x, y[:1].expand(6, 2))["0.weight"]
+    assert grads.shape == (6, 64, 3)
+    zero_rows = grads.abs().sum(dim=2) == 0  # a dropped hidden unit has a zero row
+    assert not all(torch.equal(zero_rows[0], row) for row in zero_rows[1:])  # masks differ
+    model.eval()  # no dropout: the six copies agree
+    still = per_sample_grads(model, mse, same_x, y[:1].expand(6, 2))["0.weight"]
+    torch.testing.assert_close(still, still[:1].expand_as(still))
+
+
+def test_dp_noise_is_drawn_on_the_gradients_device():
+    grads = {"w": torch.empty(4, 3, device="meta")}
+    result = dp_sgd_gradient(grads, max_norm=1.0, noise_multiplier=1.0)
+    assert result["w"].device.type == "meta" and result["w"].shape == (3,)
