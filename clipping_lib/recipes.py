@@ -19,13 +19,13 @@ is logged is the size of the gradient the model really produced.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from clipping_lib._checks import as_tensor_list, check_norm_type, check_threshold
+from clipping_lib._checks import as_tensor_list, check_int, check_norm_type, check_threshold
 from clipping_lib.clip import clip_grad_norm_, get_total_norm
 
 __all__ = [
@@ -110,6 +110,20 @@ def amp_clip_and_step(
     return total_norm
 
 
+def _batch_size(batch: object, index: int) -> int:
+    """The number of examples in a micro-batch: a tensor's first dimension, or that of the
+    first tensor in a tuple, list or dict."""
+    items = batch.values() if isinstance(batch, Mapping) else batch
+    if isinstance(batch, (tuple, list, Mapping)):
+        batch = next((item for item in items if isinstance(item, Tensor)), None)
+    if isinstance(batch, Tensor) and batch.ndim > 0:
+        return batch.shape[0]
+    raise TypeError(
+        f"cannot tell the size of micro_batches[{index}]; pass sizes=[...] with the number "
+        "of examples in each micro-batch"
+    )
+
+
 def accumulate_and_step(
     loss_fn: Callable[[object], Tensor],
     micro_batches: Sequence[object],
@@ -118,13 +132,19 @@ def accumulate_and_step(
     max_norm: float,
     *,
     norm_type: float | str = 2.0,
+    sizes: Sequence[int] | None = None,
 ) -> Tensor:
     r"""One optimizer step over ``k`` micro-batches, clipped once; return the pre-clip norm.
 
-    Zeroes the gradients, runs ``(loss_fn(batch) / k).backward()`` for each
-    micro-batch so that ``.grad`` sums to the gradient of the mean loss over the
-    whole batch, then clips that sum once and steps. Clipping inside the loop
-    would shrink the early micro-batches' share again at every later clip.
+    ``loss_fn(batch)`` returns the *mean* loss over a micro-batch of :math:`n_i` examples.
+    Zeroes the gradients, then runs ``(loss_fn(batch) * n_i / N).backward()`` for each
+    micro-batch (:math:`N = \sum n_i`) so that ``.grad`` sums to the gradient of the
+    mean loss over the whole batch, also when the micro-batches differ in size (the last
+    one of an epoch); with equal sizes the weight is :math:`1/k`. The sizes are read from
+    each micro-batch (a tensor's first dimension, or that of the first tensor in a tuple,
+    list or dict) unless given as ``sizes``. Then it clips that sum once and steps.
+    Clipping inside the loop would shrink the early micro-batches' share again at every
+    later clip.
     """
     optimizer = _check_optimizer(optimizer)
     if not callable(loss_fn):
@@ -132,10 +152,19 @@ def accumulate_and_step(
     batches = list(micro_batches)
     if not batches:
         raise ValueError("micro_batches must hold at least one micro-batch")
+    if sizes is None:
+        counts = [_batch_size(batch, i) for i, batch in enumerate(batches)]
+    else:
+        counts = [check_int(n, f"sizes[{i}]", 1) for i, n in enumerate(sizes)]
+        if len(counts) != len(batches):
+            raise ValueError(f"sizes has {len(counts)} entries for {len(batches)} micro-batches")
+    if not all(counts):
+        raise ValueError(f"every micro-batch must hold an example, got sizes {counts}")
     params = as_tensor_list(parameters, "parameters")
     optimizer.zero_grad(set_to_none=True)
-    for batch in batches:
-        (loss_fn(batch) / len(batches)).backward()
+    total = sum(counts)
+    for batch, count in zip(batches, counts, strict=True):
+        (loss_fn(batch) / (total / count)).backward()  # equal sizes: / k exactly
     return clip_and_step(optimizer, params, max_norm, norm_type=norm_type)
 
 
@@ -156,11 +185,12 @@ def register_clip_pre_hook(
     Remove the hook with ``handle.remove()``.
     """
     optimizer = _check_optimizer(optimizer)
-    max_norm = check_threshold(max_norm, "max_norm")
+    max_norm = check_threshold(max_norm, "max_norm", allow_inf=True)
     norm_type = check_norm_type(norm_type)
     for index, group in enumerate(optimizer.param_groups):
         if "max_norm" in group:
-            check_threshold(group["max_norm"], f"param_groups[{index}]['max_norm']")
+            name = f"param_groups[{index}]['max_norm']"
+            check_threshold(group["max_norm"], name, allow_inf=True)
 
     def clip_before_step(opt: torch.optim.Optimizer, _args: tuple, _kwargs: dict) -> None:
         if per_group:
@@ -189,7 +219,7 @@ def register_value_clip_hooks(
     :math:`k c`. Remove with ``for h in handles: h.remove()``.
     """
     params = as_tensor_list(parameters, "parameters")
-    clip_value = check_threshold(clip_value, "clip_value")
+    clip_value = check_threshold(clip_value, "clip_value", allow_inf=True)
     for index, p in enumerate(params):
         if not p.requires_grad:
             raise ValueError(f"parameters[{index}] does not require grad; a hook would never run")

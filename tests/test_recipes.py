@@ -217,3 +217,37 @@ def test_pre_hook_under_grad_scaler_sees_unscaled_grads_and_skips_with_the_step(
     next(model.parameters()).grad[0, 0] = math.inf
     scaler.step(opt)  # overflow: the step is skipped, and the hook with it
     assert len(norms) == 1
+
+
+def test_accumulation_weights_unequal_micro_batches_by_their_size():
+    model, x, y = _model_and_batch()
+    full, _, _ = _model_and_batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    full_opt = torch.optim.SGD(full.parameters(), lr=0.1)
+    micro = [(x[:3], y[:3]), (x[3:10], y[3:10]), (x[10:], y[10:])]  # 3, 7 and 6 examples
+    params = list(model.parameters())
+    norm = recipes.accumulate_and_step(lambda b: _loss(model, *b), micro, opt, params, 1.0)
+    _loss(full, x, y).backward()
+    full_norm = recipes.clip_and_step(full_opt, full.parameters(), 1.0)
+    assert norm.item() == pytest.approx(full_norm.item(), rel=1e-5)
+    torch.testing.assert_close(_flat(model), _flat(full), rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_takes_sizes_for_batches_without_tensors():
+    model, x, y = _model_and_batch()
+    full, _, _ = _model_and_batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    full_opt = torch.optim.SGD(full.parameters(), lr=0.1)
+    ranges = [range(0, 5), range(5, 16)]  # micro-batches given as index ranges
+
+    def loss_of(r):
+        return _loss(model, x[r.start : r.stop], y[r.start : r.stop])
+
+    with pytest.raises(TypeError, match=r"sizes=\[...\]"):
+        recipes.accumulate_and_step(loss_of, ranges, opt, model.parameters(), 1.0)
+    with pytest.raises(ValueError, match="sizes"):
+        recipes.accumulate_and_step(loss_of, ranges, opt, model.parameters(), 1.0, sizes=[5])
+    recipes.accumulate_and_step(loss_of, ranges, opt, model.parameters(), 1.0, sizes=[5, 11])
+    _loss(full, x, y).backward()
+    recipes.clip_and_step(full_opt, full.parameters(), 1.0)
+    torch.testing.assert_close(_flat(model), _flat(full), rtol=1e-5, atol=1e-6)
