@@ -80,7 +80,6 @@ def test_norm_clipping_panel_redraws_and_reports():
     panel.controls["eps"].value = "exact (0)"
     shortfall = float(panel.readout.value.rsplit("max_norm − left = ", 1)[1])
     assert abs(shortfall) < 1e-12  # exact up to float64 rounding, not ~1e-6 * 10 / 82
-    assert max(panel.update_seconds) < 2.0
 
 
 def test_fp16_panel_moves_with_both_controls():
