@@ -17,7 +17,9 @@ initial weights, same mini-batches), each with its own learning rate, clipping m
 and threshold, as one stacked program (weights of shape ``(M, ...)``, batched matrix
 products, backpropagation through time written out). A learning-rate x threshold grid of
 36 short runs then costs about as much as a few single runs; :func:`train_grid` arranges
-the result as a grid.
+the result as a grid. Runs may also differ in their initial weights (``seeds``, one per
+run), use SGD with momentum, and be scored on held-out data every few steps
+(``eval_task``), so several seeds of several methods train as one program.
 
 Recording costs no host synchronisation: losses, norms and clip flags stay tensors until
 the end of the run, except for one finiteness check per step in :func:`train_rnn` (needed
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -218,11 +220,23 @@ class BatchedHistory:
     clipped: np.ndarray
     diverged: np.ndarray  # (M,) bool
     diverged_at: np.ndarray  # (M,) the step whose loss or norm was not finite, -1 if none
+    seeds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # (M,) inits
+    # Held-out scores (only with ``eval_task``): before the updates numbered ``eval_steps``
+    # (the last entry is after the final update); ``(M, len(eval_steps))``, NaN once diverged.
+    eval_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    eval_loss: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    eval_accuracy: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def final_loss(self) -> np.ndarray:
         """Mean loss over the last ``FINAL_WINDOW`` steps of each run; NaN where diverged."""
         return self.loss[:, -FINAL_WINDOW:].mean(axis=1)
+
+    @property
+    def clip_rate(self) -> np.ndarray:
+        """Fraction of the steps each run took whose gradient was clipped, ``(M,)``."""
+        taken = np.isfinite(self.loss).sum(axis=1)
+        return self.clipped.sum(axis=1) / np.maximum(taken, 1)
 
     def run(self, index: int) -> TrainingHistory:
         """Run ``index`` as a :class:`TrainingHistory` (cut after its divergence step)."""
@@ -241,9 +255,9 @@ class BatchedHistory:
 _PARAMETER_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bias_out")
 
 
-def _stacked_parameters(model: TanhRNN, m: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """``m`` copies of ``model``'s weights as rows of one ``(m, P)`` tensor, and named views."""
-    single = [
+def _parameter_list(model: TanhRNN) -> list[Tensor]:
+    """``model``'s tensors in the order of ``_PARAMETER_NAMES``."""
+    return [
         model.rnn.weight_ih_l0,
         model.rnn.weight_hh_l0,
         model.rnn.bias_ih_l0,
@@ -251,12 +265,53 @@ def _stacked_parameters(model: TanhRNN, m: int) -> tuple[Tensor, dict[str, Tenso
         model.readout.weight,
         model.readout.bias,
     ]
-    flat = torch.cat([p.detach().flatten() for p in single]).repeat(m, 1)
+
+
+def _stacked_parameters(models: Sequence[TanhRNN]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The models' weights as rows of one ``(M, P)`` tensor, and named ``(M, ...)`` views."""
+    flat = torch.stack(
+        [torch.cat([p.detach().flatten() for p in _parameter_list(model)]) for model in models]
+    )
     views, offset = {}, 0
-    for name, p in zip(_PARAMETER_NAMES, single, strict=True):
-        views[name] = flat[:, offset : offset + p.numel()].view(m, *p.shape)
+    for name, p in zip(_PARAMETER_NAMES, _parameter_list(models[0]), strict=True):
+        views[name] = flat[:, offset : offset + p.numel()].view(len(models), *p.shape)
         offset += p.numel()
     return flat, views
+
+
+def _stacked_states(params: dict[str, Tensor], time_major: Tensor) -> Tensor:
+    """Hidden states of ``M`` tanh RNNs on one batch: ``(T + 1, M, B, H)``, ``[t + 1] = h_t``."""
+    length, batch, _ = time_major.shape
+    m, hidden_size = params["bias_hh"].shape
+    # In-place updates of preallocated buffers: fresh tensors of this size cost more to
+    # allocate than to compute.
+    states = torch.empty(length + 1, m, batch, hidden_size)
+    states[0] = 0.0  # h_{-1} = 0
+    states[1:] = torch.einsum("tbi,mhi->tmbh", time_major, params["weight_ih"])
+    states[1:] += (params["bias_ih"] + params["bias_hh"])[:, None, :]
+    w_hh_t = params["weight_hh"].mT.contiguous()
+    for t in range(length):
+        states[t + 1].baddbmm_(states[t], w_hh_t).tanh_()
+    return states
+
+
+def _stacked_outputs(params: dict[str, Tensor], last: Tensor) -> Tensor:
+    """Readout of the last hidden states ``(M, B, H)``: outputs ``(M, B, output_size)``."""
+    return torch.baddbmm(params["bias_out"][:, None, :], last, params["weight_out"].mT)
+
+
+def _stacked_scores(
+    task: SequenceTask, params: dict[str, Tensor], inputs: Tensor, targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Per-model mean loss and accuracy ``(M,)`` on one batch (accuracy NaN for a regression)."""
+    outputs = _stacked_outputs(params, _stacked_states(params, inputs.transpose(0, 1))[-1])
+    if task.loss == "mse":
+        loss = (outputs - targets).pow(2).mean(dim=(1, 2))
+        return loss, torch.full_like(loss, math.nan)
+    log_probs = torch.log_softmax(outputs, dim=2)
+    loss = -log_probs[:, torch.arange(len(targets)), targets].mean(dim=1)
+    accuracy = (outputs.argmax(dim=2) == targets).float().mean(dim=1)
+    return loss, accuracy
 
 
 def _stacked_loss_and_grads(
@@ -275,17 +330,9 @@ def _stacked_loss_and_grads(
     batch, length, _ = inputs.shape
     m, hidden_size = params["bias_hh"].shape
     time_major = inputs.transpose(0, 1)  # (T, B, I)
-    # In-place updates of preallocated buffers: fresh tensors of this size cost more to
-    # allocate than to compute.
-    states = torch.empty(length + 1, m, batch, hidden_size)  # states[t + 1] = h_t
-    states[0] = 0.0  # h_{-1} = 0
-    states[1:] = torch.einsum("tbi,mhi->tmbh", time_major, params["weight_ih"])
-    states[1:] += (params["bias_ih"] + params["bias_hh"])[:, None, :]
-    w_hh_t = params["weight_hh"].mT.contiguous()
-    for t in range(length):
-        states[t + 1].baddbmm_(states[t], w_hh_t).tanh_()
+    states = _stacked_states(params, time_major)
     last = states[-1]
-    outputs = torch.baddbmm(params["bias_out"][:, None, :], last, params["weight_out"].mT)
+    outputs = _stacked_outputs(params, last)
     if task.loss == "mse":
         error = outputs - targets
         loss = error.pow(2).mean(dim=(1, 2))
@@ -332,6 +379,10 @@ def train_many(
     batch_size: int = 32,
     recurrent_scale: float = 1.0,
     check_every: int = 25,
+    seeds: Sequence[int] | None = None,
+    momentum: float = 0.0,
+    eval_task: SequenceTask | None = None,
+    eval_every: int = 50,
 ) -> BatchedHistory:
     r"""Train ``M`` copies of one :class:`TanhRNN` at once, run ``i`` with its own settings.
 
@@ -343,18 +394,45 @@ def train_many(
     ``i`` reproduces the matching :func:`train_rnn` call up to float rounding. A run that
     diverges is frozen (its weights stop changing) and its later entries are NaN; the loop
     ends early, checked every ``check_every`` steps, once every run has diverged.
+
+    ``seeds[i]`` (default: ``seed`` for every run) gives run ``i`` the initial weights of
+    ``TanhRNN(..., seed=seeds[i])``; the mini-batches stay the same for every run.
+    ``momentum`` :math:`\mu > 0` turns SGD into heavy-ball SGD exactly as
+    ``torch.optim.SGD(..., momentum=mu)`` does, on the clipped gradient:
+    :math:`v \leftarrow \mu v + \hat g`, :math:`\theta \leftarrow \theta - \eta v`
+    (``applied_norm`` stays the norm of :math:`\hat g`). With ``eval_task``, every run's
+    mean loss and accuracy on all of ``eval_task`` are recorded before every
+    ``eval_every``-th update and after the last one.
     """
     task = _check_task(task)
     steps = check_int(steps, "steps")
     hidden_size = check_int(hidden_size, "hidden_size")
     batch_size = check_int(batch_size, "batch_size")
     check_every = check_int(check_every, "check_every")
+    eval_every = check_int(eval_every, "eval_every")
     recurrent_scale = check_positive(recurrent_scale, "recurrent_scale")
     if not (len(learning_rates) == len(methods) == len(thresholds) >= 1):
         raise ValueError(
             "learning_rates, methods and thresholds must have the same length >= 1, got "
             f"{len(learning_rates)}, {len(methods)}, {len(thresholds)}"
         )
+    run_seeds = [seed] * len(learning_rates) if seeds is None else list(seeds)
+    if len(run_seeds) != len(learning_rates):
+        raise ValueError(
+            f"seeds must hold one seed per run ({len(learning_rates)}), got {len(run_seeds)}"
+        )
+    if isinstance(momentum, bool) or not (
+        isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0
+    ):
+        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+    if eval_task is not None:
+        eval_task = _check_task(eval_task)
+        if (eval_task.input_size, eval_task.output_size, eval_task.loss) != (
+            task.input_size,
+            task.output_size,
+            task.loss,
+        ):
+            raise ValueError("eval_task must have the task's input size, output size and loss")
     lrs = [check_positive(lr, "learning_rates") for lr in learning_rates]
     for method in methods:
         if method not in METHODS:
@@ -375,17 +453,32 @@ def train_many(
     value_threshold = torch.where(is_value, threshold, math.inf)
     lr = torch.tensor(lrs)
 
-    model = TanhRNN(
-        task.input_size, hidden_size, task.output_size, seed=seed, recurrent_scale=recurrent_scale
-    )
-    flat, params = _stacked_parameters(model, m)
+    models = {
+        s: TanhRNN(
+            task.input_size, hidden_size, task.output_size, seed=s, recurrent_scale=recurrent_scale
+        )
+        for s in sorted(set(run_seeds))
+    }
+    flat, params = _stacked_parameters([models[s] for s in run_seeds])
+    velocity = torch.zeros_like(flat) if momentum else None
     alive = torch.ones(m, dtype=torch.bool)
     losses = torch.full((steps, m), math.nan)
     norms = torch.full((steps, m), math.nan)
     applied_norms = torch.full((steps, m), math.nan)
     clipped = torch.zeros((steps, m), dtype=torch.bool)
     diverged_at = torch.full((m,), -1)
+    eval_steps = [*range(0, steps, eval_every), steps] if eval_task is not None else []
+    eval_scores: list[tuple[Tensor, Tensor]] = []
+
+    def evaluate() -> None:
+        loss, accuracy = _stacked_scores(eval_task, params, eval_task.inputs, eval_task.targets)
+        eval_scores.append(
+            (torch.where(alive, loss, math.nan), torch.where(alive, accuracy, math.nan))
+        )
+
     for step in range(steps):
+        if eval_task is not None and step % eval_every == 0:
+            evaluate()
         inputs, targets = task.batch(step, batch_size)
         loss, grad = _stacked_loss_and_grads(task, params, inputs, targets)
         norm = torch.linalg.vector_norm(grad, dim=1)
@@ -399,10 +492,23 @@ def train_many(
         value_clipped = (grad.abs() > bound).any(dim=1)
         grad = torch.maximum(torch.minimum(grad * scale[:, None], bound), -bound)
         applied_norms[step] = torch.where(alive, torch.linalg.vector_norm(grad, dim=1), math.nan)
-        flat -= torch.where(alive[:, None], lr[:, None] * grad, 0.0)  # SGD; frozen once diverged
+        grad = torch.where(alive[:, None], grad, 0.0)  # frozen once diverged
+        if velocity is not None:
+            velocity.mul_(momentum).add_(grad)
+            grad = velocity
+        flat -= lr[:, None] * grad  # SGD
         clipped[step] = alive & ((is_norm & (norm > norm_threshold)) | (is_value & value_clipped))
         if (step + 1) % check_every == 0 and not alive.any():
             break
+    if eval_task is not None:
+        while len(eval_scores) < len(eval_steps):  # after the last update (or an early end)
+            evaluate()
+    eval_loss, eval_accuracy = (
+        torch.stack([scores[k] for scores in eval_scores], dim=1).double().numpy()
+        if eval_scores
+        else np.zeros((m, 0))
+        for k in (0, 1)
+    )
     return BatchedHistory(
         learning_rates=np.array(lrs),
         methods=tuple(methods),
@@ -413,6 +519,10 @@ def train_many(
         clipped=clipped.T.numpy(),
         diverged=(diverged_at >= 0).numpy(),
         diverged_at=diverged_at.numpy(),
+        seeds=np.array(run_seeds),
+        eval_steps=np.array(eval_steps, dtype=int),
+        eval_loss=eval_loss,
+        eval_accuracy=eval_accuracy,
     )
 
 

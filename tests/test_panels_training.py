@@ -48,7 +48,7 @@ def test_every_control_redraws_and_the_readout_follows(grids, monkeypatch):
         ("lr", 0.03, "lr = 0.03"),
         ("threshold", 3.0, "c = 3"),
         ("strategy", "value", "value clipping at c = 3"),
-        ("length", 10, "T = 10"),
+        ("length", 20, "T = 20"),
         ("strategy", "none", "no clipping: final loss"),
     ]:
         before = panel.image.value

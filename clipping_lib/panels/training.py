@@ -9,6 +9,11 @@ seen costs one grid the first time.
 The runs: the adding problem (:func:`~clipping_lib.tasks.adding_problem`, 4096 seeded
 sequences), a :class:`~clipping_lib.training.TanhRNN` with 32 hidden units, plain SGD on
 mini-batches of 32, ``GRID_STEPS`` steps, the same initial weights and batches in every run.
+
+The notebook's static figures live here too, so the lesson shows one call, not the
+plotting code: :func:`stability_map_figure` (the grid's final losses, and every run's
+final loss against the length of its typical step) and :func:`plot_seeds` (one curve per
+seed and their median, for a group of runs).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections.abc import Callable
 
 import ipywidgets as widgets
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
 from clipping_lib.tasks import ADDING_BASELINE_MSE, adding_problem
@@ -28,7 +35,7 @@ LEARNING_RATES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 THRESHOLDS = (0.03, 0.1, 0.3, 1.0, 3.0)
 LENGTHS = (10, 20, 40)
 STRATEGIES = ("none", "norm", "value")
-GRID_STEPS = 200
+GRID_STEPS = 400
 HIDDEN_SIZE = 32
 BATCH_SIZE = 32
 N_SEQUENCES = 4096
@@ -38,7 +45,7 @@ _LOSS_LIMITS = (3e-2, 1e5)
 _NORM_LIMITS = (1e-2, 1e6)
 
 
-def make_grid(length: int = 20, method: str = "norm", *, steps: int = GRID_STEPS) -> GridResult:
+def make_grid(length: int = 10, method: str = "norm", *, steps: int = GRID_STEPS) -> GridResult:
     """All ``LEARNING_RATES`` x (``THRESHOLDS`` + no clipping) runs for one length and method."""
     if length not in LENGTHS:
         raise ValueError(f"length must be one of {LENGTHS}, got {length!r}")
@@ -85,7 +92,7 @@ def training_panel(
     lr: float = 1.0,
     threshold: float = 0.1,
     strategy: str = "norm",
-    length: int = 20,
+    length: int = 10,
     *,
     grids: dict[tuple[int, str], GridResult] | None = None,
 ) -> SliderPanel:
@@ -170,6 +177,118 @@ def training_panel(
         "length": widgets.SelectionSlider(options=LENGTHS, value=length, description="length T"),
     }
     return SliderPanel(figure, controls, draw, readout=readout)
+
+
+def median_step_length(grid: GridResult) -> np.ndarray:
+    r"""Median update length :math:`\eta\lVert\hat g\rVert` per run, as a grid (NaN: diverged)."""
+    history = grid.history
+    with np.errstate(invalid="ignore"):
+        steps = history.learning_rates * np.nanmedian(history.applied_norm, axis=1)
+    return np.where(history.diverged, np.nan, steps).reshape(grid.shape)
+
+
+def stability_map_figure(
+    grid: GridResult, baseline: float = ADDING_BASELINE_MSE, *, figure: Figure | None = None
+) -> Figure:
+    """Left: final loss of every (lr, threshold) run, NaN where it diverged. Right: the same
+    final losses against each run's median step length, clipped runs coloured by how often
+    they clipped, unclipped runs in grey. Draws on ``figure`` (e.g. ``plt.figure()``) if
+    given, else on a new detached one."""
+    final = grid.final_loss
+    figure = figure if figure is not None else new_figure(12.0, 4.6)
+    map_ax, step_ax = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0]})
+    ratio = np.log10(final / baseline)
+    image = map_ax.imshow(ratio, cmap="RdYlGn_r", vmin=-1, vmax=3, origin="lower", aspect="auto")
+    map_ax.imshow(
+        np.where(np.isnan(final), 1.0, np.nan),
+        cmap="Greys",
+        vmin=0,
+        vmax=3,
+        origin="lower",
+        aspect="auto",
+    )
+    for (i, j), value in np.ndenumerate(final):
+        diverged = np.isnan(value)
+        map_ax.text(
+            j,
+            i,
+            "NaN" if diverged else f"{value:.3g}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color=COLORS["diverged"] if diverged else "black",
+        )
+    labels = ["none" if math.isinf(c) else f"{c:g}" for c in grid.thresholds]
+    map_ax.set_xticks(range(len(labels)), labels)
+    map_ax.set_yticks(range(len(grid.learning_rates)), [f"{lr:g}" for lr in grid.learning_rates])
+    steps = grid.history.loss.shape[1]
+    map_ax.set(
+        xlabel=f"{grid.method}-clipping threshold c",
+        ylabel="learning rate η",
+        title=f"final loss after {steps} steps (NaN: diverged)",
+    )
+    if math.isinf(grid.thresholds[-1]):
+        map_ax.axvline(len(labels) - 1.5, color="black", lw=1)
+    figure.colorbar(image, ax=map_ax, label="log10(final loss / baseline)")
+
+    step = median_step_length(grid)
+    clip_rate = grid.history.clip_rate.reshape(grid.shape)
+    unclipped = np.isinf(grid.thresholds)[None, :] & np.ones(grid.shape, dtype=bool)
+    points = step_ax.scatter(
+        step[~unclipped],
+        final[~unclipped],
+        c=clip_rate[~unclipped],
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        s=28,
+        label="clipped runs",
+    )
+    step_ax.scatter(
+        step[unclipped],
+        final[unclipped],
+        marker="s",
+        s=40,
+        color=COLORS["original"],
+        label="no clipping (diverged runs not shown)",
+    )
+    step_ax.axhline(baseline, color="0.5", ls=":", lw=1, label="trivial baseline")
+    step_ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="median step length η‖ĝ‖",
+        ylabel="final loss",
+        title="what decides the outcome: the step length",
+    )
+    step_ax.legend(fontsize=7, loc="upper left")
+    figure.colorbar(points, ax=step_ax, label="fraction of steps clipped")
+    figure.tight_layout()
+    return figure
+
+
+def plot_seeds(
+    ax: Axes, x: np.ndarray, values: np.ndarray, *, color: str, label: str, smooth: int = 1
+) -> None:
+    """Runs of one setting, ``values`` ``(seeds, len(x))``: a thin line per seed, a thick
+    line for the median of the seeds still running, an x where a seed's curve ends in NaN;
+    ``smooth > 1`` averages each curve over that many points first."""
+    values = np.asarray(values, dtype=float)
+    if smooth > 1:
+        kernel = np.ones(smooth) / smooth
+        values = np.stack([np.convolve(v, kernel, mode="valid") for v in values])
+        x = np.asarray(x)[smooth - 1 :]
+    for curve in values:
+        ax.plot(x, curve, color=color, lw=0.7, alpha=0.45)
+        finite = np.flatnonzero(np.isfinite(curve))
+        if len(finite) and finite[-1] < len(curve) - 1:  # the run diverged: mark its end
+            ax.plot(x[finite[-1]], curve[finite[-1]], "x", color=COLORS["diverged"], ms=7)
+    finite = np.isfinite(values)
+    median = np.full(values.shape[1], np.nan)
+    alive = finite.any(axis=0)  # the median of the seeds still running at each point
+    median[alive] = [
+        np.median(column[ok]) for column, ok in zip(values.T[alive], finite.T[alive], strict=True)
+    ]
+    ax.plot(x, median, color=color, lw=2.0, label=label)
 
 
 PANELS: dict[str, Callable[[], SliderPanel]] = {"training": training_panel}
