@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from clipping_lib._checks import check_int, check_positive, check_threshold
+from clipping_lib._checks import check_int, check_positive
 
 NOISES = ("gaussian", "exponential", "pareto")
 PARETO_ALPHA = 1.5
@@ -78,7 +78,10 @@ def expected_clipped_gradient(x: Tensor, threshold: float, kind: str) -> Tensor:
     the unclipped mean gradient, :math:`x` (up to the quadrature error).
     """
     kind = _check_noise(kind)
-    threshold = check_threshold(threshold, "threshold")
+    if not (isinstance(threshold, int | float) and threshold > 0):  # NaN fails too
+        raise ValueError(
+            f"threshold must be a number > 0 (math.inf: no clipping), got {threshold!r}"
+        )
     noise = _quantiles(kind)
     x = torch.as_tensor(x, dtype=torch.float64)
     return torch.stack(

@@ -131,3 +131,43 @@ def test_bad_input_is_refused_with_the_argument_named():
         descent_path(1.0, 0.0, lr=1.0, steps=2.5)
     with pytest.raises(ValueError, match="w_values"):
         loss_surface(torch.tensor([1.0]), torch.linspace(0, 1, 3))
+
+
+def test_unstable_fixed_point_slope_and_edge():
+    from clipping_lib.landscape import edge_bias, final_state, fixed_point_slope
+
+    assert math.isclose(fixed_point_slope(1.0), 0.2350037122015945, rel_tol=1e-12)
+    w = torch.tensor(5.0, dtype=torch.float64)
+    b = torch.tensor(edge_bias(5.0), dtype=torch.float64)
+    assert abs(final_state(w, b, steps=1).item() - 0.5) < 1e-12  # x0 = 0.5 is a fixed point
+
+
+@pytest.mark.parametrize("w", [5.0, 6.0, 7.0])
+def test_wall_width_is_lambda_to_the_minus_50(w):
+    from clipping_lib.landscape import edge_bias, predicted_wall_width
+
+    width = predicted_wall_width(w)
+    b = edge_bias(w) + width * torch.linspace(-300, 300, 6001, dtype=torch.float64)
+    slope, _ = slope_and_curvature(w, b)
+    jump = abs(loss_and_gradient(w, b[0].item())[0] - loss_and_gradient(w, b[-1].item())[0])
+    measured = jump / slope.abs().max().item()
+    assert width / 3 < measured < 3 * width
+    with pytest.raises(ValueError, match="stable"):
+        predicted_wall_width(3.0)
+
+
+def test_hessian_norms_match_forward_mode_gradient_and_autograd():
+    from clipping_lib.landscape import gradient_and_hessian_norms
+
+    w = torch.linspace(2, 8, 7, dtype=torch.float64)[None, :]
+    b = torch.linspace(-6, 0, 5, dtype=torch.float64)[:, None]
+    g, h = gradient_and_hessian_norms(w, b)
+    torch.testing.assert_close(g, loss_surface(w[0], b[:, 0]).grad_norm, rtol=1e-10, atol=1e-14)
+    point = torch.tensor([w[0, 3].item(), b[2, 0].item()], dtype=torch.float64)
+
+    def loss(p):
+        return (torch.sigmoid(final_state(p[0], p[1])) - 0.7) ** 2
+
+    hessian = torch.autograd.functional.hessian(loss, point)
+    expected = torch.linalg.eigvalsh(hessian).abs().max()
+    torch.testing.assert_close(h[2, 3], expected, rtol=1e-9, atol=1e-14)

@@ -21,6 +21,8 @@ from clipping_lib.spectral import (
     power_norms,
     recurrent_matrix,
     spectral_radius,
+    truncated_weight_gradient,
+    weight_gradient_terms,
 )
 from clipping_lib.threads import single_thread
 
@@ -203,3 +205,51 @@ def test_single_thread_restores_the_thread_count():
     with pytest.raises(RuntimeError), single_thread():
         raise RuntimeError
     assert torch.get_num_threads() == before
+
+
+def _chaotic_tanh(n: int = 16, rho: float = 3.0):
+    W = recurrent_matrix(n, rho, "gaussian", dtype=torch.float64)
+    model = RNN(1, n, nonlinearity="tanh", bias=False, recurrent_matrix=W, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(7)
+    x = 0.5 * torch.randn(3, 25, 1, generator=generator, dtype=torch.float64)
+    h0 = 0.5 * torch.randn(3, n, generator=generator, dtype=torch.float64)
+    return model, x, h0
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "linear"])
+def test_weight_gradient_terms_sum_to_autograd(nonlinearity):
+    model, x, h0 = _chaotic_tanh(rho=3.0 if nonlinearity == "tanh" else 0.9)
+    model.nonlinearity = nonlinearity
+    terms = weight_gradient_terms(model, x, h0)
+    assert terms.shape == (25, 16, 16)
+    direction = torch.full((16,), 0.25, dtype=torch.float64)
+    model.zero_grad()
+    (model.unroll(x, h0)[-1] @ direction).sum().backward()
+    torch.testing.assert_close(terms.sum(dim=0), model.W.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 5, 25])
+def test_truncated_bptt_equals_autograd_with_detach(k):
+    model, x, h0 = _chaotic_tanh()
+    with torch.no_grad():
+        cut = model.unroll(x[:, : 25 - k], h0)[-1]
+    model.zero_grad()
+    direction = torch.full((16,), 0.25, dtype=torch.float64)
+    (model.unroll(x[:, 25 - k :], cut.detach())[-1] @ direction).sum().backward()
+    torch.testing.assert_close(
+        truncated_weight_gradient(model, x, k, h0), model.W.grad, rtol=1e-10, atol=1e-12
+    )
+    # ... and obeys its T-free bound: batch * sqrt(n) * sum_{j<k} sigma_max^j.
+    sigma = largest_singular_value(model.W).item()
+    bound = 3 * 4.0 * sum(sigma**j for j in range(k))
+    assert torch.linalg.matrix_norm(truncated_weight_gradient(model, x, k, h0)) <= bound
+
+
+def test_weight_gradient_bad_input():
+    model, x, h0 = _chaotic_tanh()
+    with pytest.raises(TypeError):
+        weight_gradient_terms(torch.nn.Linear(2, 2), x)
+    with pytest.raises(ValueError, match="direction"):
+        weight_gradient_terms(model, x, h0, direction=torch.ones(3))
+    with pytest.raises(ValueError, match="k"):
+        truncated_weight_gradient(model, x, 0, h0)
