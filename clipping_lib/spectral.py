@@ -55,7 +55,7 @@ def spectral_radius(W: Tensor) -> Tensor:
 
 
 def largest_singular_value(W: Tensor) -> Tensor:
-    r""":math:`\sigma_{\max}(W) = \lVert W\rVert_2 \ge \rho(W)`, in float64; equal for normal W."""
+    r""":math:`\sigma_{\max}(W) = \lVert W\rVert_2 \ge \rho(W)` in float64 (equal for normal W)."""
     W = _check_square(W)
     return torch.linalg.matrix_norm(W.double(), ord=2)
 
@@ -75,7 +75,8 @@ def recurrent_matrix(
     rounding in ``dtype``). ``structure`` picks :math:`A`:
 
     * ``"gaussian"``: i.i.d. normal entries. Non-normal: the eigenvalues fill a disk
-      (circular law) and :math:`\sigma_{\max}(W) \approx 2\rho` for large ``size``.
+      (circular law) and :math:`\sigma_{\max}(W)/\rho` tends to 2 as ``size`` grows
+      (it is below 2 at finite size).
     * ``"orthogonal"``: a Haar-random orthogonal matrix; every eigenvalue lies on the
       circle of radius ``rho`` and :math:`\lVert W^k\rVert_2 = \rho^k` exactly.
     * ``"symmetric"``: :math:`(A + A^\top)/2`; real eigenvalues, normal, so
