@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from clipping_lib.panels import training as panel_module
-from clipping_lib.panels.training import describe, make_grid, pick_run, training_panel
+from clipping_lib.panels.training import (
+    describe,
+    make_grid,
+    median_step_length,
+    pick_run,
+    plot_seeds,
+    stability_map_figure,
+    training_panel,
+)
+from clipping_lib.plots import new_figure
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +77,40 @@ def test_drawn_curves_are_the_chosen_runs(grids):
 def test_unknown_length_is_refused():
     with pytest.raises(ValueError, match="length"):
         make_grid(15)
+
+
+def test_median_step_length_is_lr_times_the_median_applied_norm(grids):
+    grid = grids[(10, "norm")]
+    steps = median_step_length(grid)
+    assert steps.shape == grid.shape
+    i, j = panel_module.LEARNING_RATES.index(1.0), panel_module.THRESHOLDS.index(0.1)
+    run = grid.run(i, j)
+    assert steps[i, j] == pytest.approx(1.0 * np.median(run.applied_norm))
+    assert steps[i, j] <= 1.0 * 0.1 * (1 + 1e-6)  # a clipped step is at most lr * c long
+    assert np.isnan(steps[grid.diverged]).all()
+
+
+def test_stability_map_figure_writes_every_final_loss_and_nan(grids):
+    grid = grids[(10, "norm")]
+    figure = stability_map_figure(grid)
+    map_ax, step_ax = figure.axes[:2]  # then the two colour bars
+    texts = [t.get_text() for t in map_ax.texts]
+    assert len(texts) == grid.final_loss.size
+    assert texts.count("NaN") == int(grid.diverged.sum())
+    clipped_points = step_ax.collections[0].get_offsets()
+    assert len(clipped_points) == grid.shape[0] * (grid.shape[1] - 1)
+
+
+def test_plot_seeds_draws_each_seed_the_median_and_marks_divergence():
+    figure = new_figure()
+    ax = figure.subplots()
+    values = np.array([[1.0, 2.0, 3.0, 4.0], [3.0, 4.0, np.nan, np.nan], [2.0, 3.0, 5.0, 6.0]])
+    plot_seeds(ax, np.arange(4), values, color="k", label="runs")
+    seed_lines = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    median = next(line for line in seed_lines if line.get_label() == "runs")
+    np.testing.assert_allclose(median.get_ydata(), [2.0, 3.0, 4.0, 5.0])  # seeds still running
+    marks = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert len(marks) == 1 and marks[0].get_xdata()[0] == 1
+    smoothed = new_figure().subplots()
+    plot_seeds(smoothed, np.arange(4), values[[0]], color="k", label="s", smooth=2)
+    np.testing.assert_allclose(smoothed.get_lines()[-1].get_ydata(), [1.5, 2.5, 3.5])

@@ -133,3 +133,95 @@ def test_one_thread_restores_the_thread_count_even_after_an_error():
         assert torch.get_num_threads() == 1
         raise RuntimeError("inside")
     assert torch.get_num_threads() == before
+
+
+def test_each_run_starts_from_its_own_seed(task):
+    batched = train_many(
+        task, [0.2, 0.2], ["norm", "norm"], [0.3, 0.3], seeds=[0, 1], steps=20, **SMALL
+    )
+    for index, seed in enumerate((0, 1)):
+        single = train_rnn(task, NormClip(0.3), lr=0.2, steps=20, seed=seed, **SMALL)
+        np.testing.assert_allclose(batched.run(index).loss, single.loss, rtol=1e-4)
+    assert batched.seeds.tolist() == [0, 1]
+    assert not np.allclose(batched.loss[0], batched.loss[1])
+
+
+@pytest.mark.parametrize(
+    ("method", "threshold", "lr"), [("none", math.inf, 0.05), ("norm", 0.2, 0.3)]
+)
+def test_momentum_matches_torch_sgd_on_the_clipped_gradient(task, method, threshold, lr):
+    """v <- mu v + g_hat, theta <- theta - lr v: torch.optim.SGD(momentum=mu) after clipping."""
+    model = TanhRNN(task.input_size, 8, task.output_size, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for step in range(15):
+        inputs, targets = task.batch(step, 16)
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), threshold)
+        optimizer.step()
+        losses.append(loss.item())
+    batched = train_many(task, [lr], [method], [threshold], steps=15, momentum=0.9, **SMALL)
+    np.testing.assert_allclose(batched.loss[0], losses, rtol=1e-4)
+    plain = train_many(task, [lr], [method], [threshold], steps=15, **SMALL)
+    assert not np.allclose(plain.loss[0, 2:], losses[2:], rtol=1e-3)  # momentum mattered
+
+
+def test_held_out_scores_are_the_models_loss_and_accuracy_at_those_steps():
+    train = temporal_order(256, 10, seed=0)
+    held_out = temporal_order(100, 10, seed=1)
+    history = train_many(
+        train,
+        [0.5, 0.5],
+        ["norm", "none"],
+        [1.0, math.inf],
+        seeds=[0, 3],
+        steps=30,
+        eval_task=held_out,
+        eval_every=10,
+        **SMALL,
+    )
+    assert history.eval_steps.tolist() == [0, 10, 20, 30]
+    assert history.eval_loss.shape == history.eval_accuracy.shape == (2, 4)
+    for index, seed in enumerate((0, 3)):
+        logits = TanhRNN(held_out.input_size, 8, 4, seed=seed)(held_out.inputs)
+        expected = torch.nn.functional.cross_entropy(logits, held_out.targets).item()
+        assert history.eval_loss[index, 0] == pytest.approx(expected, rel=1e-5)
+        accuracy = (logits.argmax(dim=1) == held_out.targets).double().mean().item()
+        assert history.eval_accuracy[index, 0] == pytest.approx(accuracy)
+    assert np.all((history.eval_accuracy >= 0) & (history.eval_accuracy <= 1))
+
+
+def test_held_out_scores_of_a_diverged_run_are_nan():
+    task = adding_problem(256, 10, seed=0)
+    history = train_many(
+        task,
+        [50.0, 0.1],
+        ["none", "norm"],
+        [math.inf, 0.5],
+        steps=40,
+        eval_task=adding_problem(64, 10, seed=1),
+        eval_every=20,
+        **SMALL,
+    )
+    assert history.diverged.tolist() == [True, False]
+    assert np.isnan(history.eval_loss[0, -1]) and np.isfinite(history.eval_loss[1]).all()
+    assert np.isnan(history.eval_accuracy).all()  # accuracy means nothing for a regression
+
+
+def test_clip_rate_counts_the_steps_each_run_took(task):
+    history = train_many(task, [50.0, 0.1], ["none", "norm"], [math.inf, 1e-3], steps=40, **SMALL)
+    assert history.clip_rate[0] == 0.0 and history.clip_rate[1] == 1.0
+
+
+def test_bad_seeds_momentum_or_eval_task_are_refused(task):
+    with pytest.raises(ValueError, match="seeds"):
+        train_many(task, [0.1, 0.1], ["norm", "norm"], [1.0, 1.0], seeds=[0], steps=1)
+    for momentum in (1.0, -0.1, True):
+        with pytest.raises(ValueError, match="momentum"):
+            train_many(task, [0.1], ["norm"], [1.0], momentum=momentum, steps=1)
+    with pytest.raises(ValueError, match="eval_task"):
+        train_many(task, [0.1], ["norm"], [1.0], eval_task=temporal_order(64, 10), steps=1)
+    with pytest.raises(TypeError, match="task"):
+        train_many(task, [0.1], ["norm"], [1.0], eval_task="held out", steps=1)
