@@ -399,3 +399,27 @@ def test_warnings_are_not_raised_by_normal_steps():
         warnings.simplefilter("error")
         for make in ALL_CLIPPERS:
             feed(make(), one_norm_param(), 1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Devices: every ClipStep on the gradients' device, in every phase
+# ---------------------------------------------------------------------------------------
+
+DEVICES = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("make", [*ALL_CLIPPERS, lambda: ClipMonitor(ZClip(warmup_steps=2))],
+                         ids=[*ALL_IDS, "ClipMonitor(ZClip)"])  # fmt: skip
+def test_every_step_stays_on_the_gradients_device(make, device):
+    """Issue 11, item 9: ZClip returned CPU tensors during warm-up and device ones after,
+    so ClipMonitor(ZClip()) on a GPU failed in torch.stack."""
+    clipper = make()
+    p = torch.nn.Parameter(torch.ones(3, 2, device=device))
+    for _ in range(4):  # warm-up and after
+        p.grad = torch.ones(3, 2, device=device)
+        step = clipper([p])
+        for value in (step.total_norm, step.threshold, step.clipped):
+            assert value.device.type == device
+    if isinstance(clipper, ClipMonitor):
+        assert all(b.device.type == device for b in clipper.buffers()) and len(clipper) == 4
