@@ -104,9 +104,7 @@ def trace_adamw(
                     for p, s in zip(params, states, strict=True)
                 ])  # fmt: skip
                 gain = ratios[torch.cat([p.grad.flatten() for p in params]) != 0].median()
-                records[:, step] = torch.stack(
-                    [loss.detach(), norm, update.norm(), v_sum, gain]
-                )
+                records[:, step] = torch.stack([loss.detach(), norm, update.norm(), v_sum, gain])
     weights = torch.cat([p.detach().flatten() for p in params])
     loss, grad_norm, update_norm, v_sum, fresh_gain = records.double().numpy()
     return AdamTrace(loss, grad_norm, update_norm, v_sum, fresh_gain, weights)

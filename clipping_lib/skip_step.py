@@ -30,7 +30,9 @@ from clipping_lib._checks import check_int, check_positive
 __all__ = ["SkipStep", "skip_decision"]
 
 
-def skip_decision(losses: Tensor, norms: Tensor, loss: Tensor, norm: Tensor, sigma: float) -> Tensor:
+def skip_decision(
+    losses: Tensor, norms: Tensor, loss: Tensor, norm: Tensor, sigma: float
+) -> Tensor:
     """``True`` where the loss or the norm is more than ``sigma`` standard deviations from
     the mean of its history (histories ``(..., w)``, current values ``(...)``)."""
     loss_std, loss_mean = torch.std_mean(losses, dim=-1)
@@ -47,15 +49,17 @@ class SkipStep:
         self.window = check_int(window, "window", 2)
         self.sigma = check_positive(sigma, "sigma")
         self.min_history = (
-            max(20, self.window // 2) if min_history is None else check_int(min_history, "min_history", 3)
+            max(20, self.window // 2)
+            if min_history is None
+            else check_int(min_history, "min_history", 3)
         )
         self._losses: list[Tensor] = []
         self._norms: list[Tensor] = []
 
     def __call__(self, loss: Tensor, norm: Tensor) -> Tensor:
         """Record this step's loss and norm; return a 0-d bool tensor: skip this step?"""
-        self._losses = [*self._losses, loss.detach().float()][-(self.window + 1):]
-        self._norms = [*self._norms, norm.detach().float()][-(self.window + 1):]
+        self._losses = [*self._losses, loss.detach().float()][-(self.window + 1) :]
+        self._norms = [*self._norms, norm.detach().float()][-(self.window + 1) :]
         if len(self._losses) < self.min_history:
             return torch.tensor(False)
         return skip_decision(

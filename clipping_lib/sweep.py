@@ -41,8 +41,17 @@ from clipping_lib.skip_step import skip_decision
 from clipping_lib.threads import single_thread
 
 __all__ = [
-    "METHODS", "SWEEP_CONFIG", "SWEEP_LRS", "SWEEP_PATH", "SWEEP_SEEDS", "SweepConfig",
-    "SweepResult", "build_sweep", "corrupt", "load_sweep", "train_runs",
+    "METHODS",
+    "SWEEP_CONFIG",
+    "SWEEP_LRS",
+    "SWEEP_PATH",
+    "SWEEP_SEEDS",
+    "SweepConfig",
+    "SweepResult",
+    "build_sweep",
+    "corrupt",
+    "load_sweep",
+    "train_runs",
 ]
 
 METHODS = ("none", "clip 1.0", "zclip", "autoclip", "skip")
@@ -99,7 +108,11 @@ class SweepResult:
 
     def final(self) -> np.ndarray:
         """Validation loss per (lr, method, seed) as an array ``(lrs, methods, seeds)``."""
-        lrs, methods, seeds = np.unique(self.lr), list(dict.fromkeys(self.method)), np.unique(self.seed)
+        lrs, methods, seeds = (
+            np.unique(self.lr),
+            list(dict.fromkeys(self.method)),
+            np.unique(self.seed),
+        )
         table = np.full((len(lrs), len(methods), len(seeds)), np.nan)
         for i, lr in enumerate(lrs):
             for j, method in enumerate(methods):
@@ -119,7 +132,9 @@ def load_sweep(path: str | Path) -> SweepResult:
     """A :class:`SweepResult` saved by :meth:`SweepResult.save`."""
     with np.load(path) as data:
         config = eval(str(data["config"]), {"__builtins__": {}})  # a dict literal we wrote
-        config = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+        config = SweepConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        )
         return SweepResult(
             config, data["lr"], data["method"].astype(str), data["seed"],
             data["loss"].astype(np.float64), data["grad_norm"].astype(np.float64),
@@ -146,7 +161,9 @@ def _per_run_loss(model: GPT):
 
 
 @torch.no_grad()
-def _clip_scales(method_ids: Tensor, norm: Tensor, loss: Tensor, step: int, state: dict, cfg: SweepConfig) -> tuple[Tensor, Tensor]:
+def _clip_scales(
+    method_ids: Tensor, norm: Tensor, loss: Tensor, step: int, state: dict, cfg: SweepConfig
+) -> tuple[Tensor, Tensor]:
     """Per run: the factor that scales the gradient, and whether the method acted."""
     ones = torch.ones_like(norm)
     state["norms"][:, step] = norm
@@ -218,9 +235,13 @@ def train_runs(
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     template = copy.deepcopy(models[0]).to("meta")
     per_run_loss = _per_run_loss(template)
-    data = [corpus.batches(config.steps, config.batch_size, config.context, seed=s) for s in seed_list]
+    data = [
+        corpus.batches(config.steps, config.batch_size, config.context, seed=s) for s in seed_list
+    ]
     ids = torch.stack([d[0] for d in data])[run_seed]  # (R, steps, B, T)
-    targets = torch.stack([corrupt(d[1], config.corrupt_steps, corpus.vocab_size - 1) for d in data])[run_seed]
+    targets = torch.stack(
+        [corrupt(d[1], config.corrupt_steps, corpus.vocab_size - 1) for d in data]
+    )[run_seed]
     schedule = warmup_cosine(config.steps, config.warmup)
     beta1, beta2 = config.betas
     R = len(runs)
@@ -228,7 +249,11 @@ def train_runs(
     v = {k: torch.zeros_like(p) for k, p in params.items()}
     taken = torch.zeros(R)
     state = {"norms": torch.zeros(R, steps), "losses": torch.zeros(R, steps)}
-    losses, norms, acted = torch.zeros(R, steps), torch.zeros(R, steps), torch.zeros(R, steps, dtype=torch.bool)
+    losses, norms, acted = (
+        torch.zeros(R, steps),
+        torch.zeros(R, steps),
+        torch.zeros(R, steps, dtype=torch.bool),
+    )
     alive = torch.ones(R, dtype=torch.bool)
 
     def shaped(x: Tensor, like: Tensor) -> Tensor:
@@ -242,10 +267,19 @@ def train_runs(
             loss.sum().backward()
             with torch.no_grad():
                 grads = {k: p.grad for k, p in params.items()}
-                norm = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0).sqrt()
+                norm = (
+                    torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0).sqrt()
+                )
                 loss = loss.detach()
                 alive &= torch.isfinite(loss) & torch.isfinite(norm)
-                scale, did = _clip_scales(run_method, torch.nan_to_num(norm, nan=0.0, posinf=0.0), torch.nan_to_num(loss), step, state, config)
+                scale, did = _clip_scales(
+                    run_method,
+                    torch.nan_to_num(norm, nan=0.0, posinf=0.0),
+                    torch.nan_to_num(loss),
+                    step,
+                    state,
+                    config,
+                )
                 losses[:, step], norms[:, step], acted[:, step] = loss, norm, did
                 factor = torch.where(did & (run_method == METHODS.index("skip")), 0.0, 1.0) * alive
                 taken += factor
@@ -261,9 +295,12 @@ def train_runs(
                     denom = v[k].sqrt() / shaped(bias2_sqrt, p) + config.eps
                     p.sub_(f * shaped(lr / bias1, p) * m[k] / denom)
         with torch.no_grad():
-            val_ids, val_targets = corpus.batches(config.eval_batches, config.batch_size, config.context, seed=10_000, split="val")
+            val_ids, val_targets = corpus.batches(
+                config.eval_batches, config.batch_size, config.context, seed=10_000, split="val"
+            )
             val = torch.stack([
-                per_run_loss(params, buffers, val_ids[i].expand(R, -1, -1), val_targets[i].expand(R, -1, -1))
+                per_run_loss(params, buffers, val_ids[i].expand(R, -1, -1),
+                             val_targets[i].expand(R, -1, -1))
                 for i in range(config.eval_batches)
             ]).mean(0)  # fmt: skip
             val = torch.where(alive & torch.isfinite(val), val, torch.inf)

@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.sweep import METHODS, SweepResult, load_sweep, SWEEP_PATH
+from clipping_lib.sweep import METHODS, SWEEP_PATH, SweepResult, load_sweep
 from clipping_lib.widgets import SliderPanel
 
 _LOSS_LIMITS = (1.5, 12.0)
@@ -61,9 +61,13 @@ def modern_panel(
         for ax in (loss_ax, norm_ax):
             ax.axvline(step, color="0.8", lw=3, zorder=0)
     norm_ax.axhline(result.config.max_norm, color=COLORS["threshold"], ls="--", lw=1, label="1.0")
-    ref_loss = loss_ax.plot([], [], color=COLORS["original"], lw=1, alpha=0.6, label="no clipping")[0]
+    ref_loss = loss_ax.plot([], [], color=COLORS["original"], lw=1, alpha=0.6, label="no clipping")[
+        0
+    ]
     loss = loss_ax.plot([], [], color=COLORS["norm"], lw=1.2, label="chosen method")[0]
-    ref_norm = norm_ax.plot([], [], color=COLORS["original"], lw=1, alpha=0.6, label="no clipping")[0]
+    ref_norm = norm_ax.plot([], [], color=COLORS["original"], lw=1, alpha=0.6, label="no clipping")[
+        0
+    ]
     norm = norm_ax.plot([], [], color=COLORS["norm"], lw=1.2, label="chosen method")[0]
     marks = norm_ax.plot([], [], ls="none", marker="o", ms=3, color=COLORS["diverged"],
                          label="clipped / skipped")[0]  # fmt: skip
