@@ -41,6 +41,10 @@ class BuiltSite:
         path = self.root / "_sources" / "notebooks" / f"{stem}.ipynb"
         return json.loads(path.read_text(encoding="utf-8"))
 
+    def lessons_as_built(self) -> list[str]:
+        """The stems of the lessons the site was built from, in course order."""
+        return sorted(p.stem for p in (self.root / "_sources" / "notebooks").glob("*.ipynb"))
+
     def pages(self) -> list[Path]:
         """Every HTML page a reader can open (theme templates under _static excluded)."""
         return sorted(p for p in self.root.rglob("*.html") if "_static" not in p.parts)
