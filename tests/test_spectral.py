@@ -225,7 +225,9 @@ def test_weight_gradient_terms_sum_to_autograd(nonlinearity):
     direction = torch.full((16,), 0.25, dtype=torch.float64)
     model.zero_grad()
     (model.unroll(x, h0)[-1] @ direction).sum().backward()
-    torch.testing.assert_close(terms.sum(dim=0), model.W.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        terms.sum(dim=0), model.W.grad, rtol=1e-8, atol=1e-10 * model.W.grad.abs().max().item()
+    )
 
 
 @pytest.mark.parametrize("k", [1, 5, 25])
@@ -237,7 +239,10 @@ def test_truncated_bptt_equals_autograd_with_detach(k):
     direction = torch.full((16,), 0.25, dtype=torch.float64)
     (model.unroll(x[:, 25 - k :], cut.detach())[-1] @ direction).sum().backward()
     torch.testing.assert_close(
-        truncated_weight_gradient(model, x, k, h0), model.W.grad, rtol=1e-10, atol=1e-12
+        truncated_weight_gradient(model, x, k, h0),
+        model.W.grad,
+        rtol=1e-8,
+        atol=1e-10 * model.W.grad.abs().max().item(),
     )
     # ... and obeys its T-free bound: batch * sqrt(n) * sum_{j<k} sigma_max^j.
     sigma = largest_singular_value(model.W).item()
