@@ -116,3 +116,30 @@ def test_plot_draws_norm_threshold_and_clip_events():
     assert "50%" in artists["clipped"].get_label()
     empty = plot_norm_history(Figure().add_subplot(), ClipMonitor(NoClip()).history())
     assert len(empty["norm"].get_xdata()) == 0
+
+
+def test_buffers_grow_past_their_capacity_and_keep_every_step():
+    monitor = ClipMonitor(NormClip(1.0), capacity=2)
+    params = make_params([(4,)])
+    for k in range(9):
+        params[0].grad = torch.full((4,), 0.1 * k)
+        monitor(params)
+    assert len(monitor) == 9 and len(monitor.steps) == 9
+    np.testing.assert_allclose(monitor.history().norm, [0.2 * k for k in range(9)], rtol=1e-6)
+    assert [bool(s.clipped) for s in monitor.steps] == [0.2 * k > 1.0 - 1e-6 for k in range(9)]
+
+
+def test_state_dict_of_a_monitor_whose_clipper_has_no_state():
+    monitor = ClipMonitor(NormClip(1.0))
+    monitor.record(ClipStep(torch.tensor(2.0), torch.tensor(1.0), torch.tensor(True)))
+    state = monitor.state_dict()
+    assert "clipper" not in state
+    resumed = ClipMonitor(NormClip(1.0))
+    resumed.load_state_dict(state)
+    np.testing.assert_array_equal(resumed.history().norm, [2.0])
+    with pytest.raises(ValueError, match="state_dict"):
+        resumed.load_state_dict({"norm": torch.ones(1)})
+    with pytest.raises(ValueError, match="length"):
+        resumed.load_state_dict(
+            {"norm": torch.ones(2), "threshold": torch.ones(1), "clipped": torch.ones(1) > 0}
+        )
