@@ -25,6 +25,7 @@ Noises (all with mean 0, float64):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -61,8 +62,11 @@ def sample_noise(kind: str, shape: tuple[int, ...], *, seed: int = 0) -> Tensor:
     return _from_uniform(kind, u, sign)
 
 
+@lru_cache(maxsize=len(NOISES))
 def _quantiles(kind: str) -> Tensor:
-    """Equal-weight quantiles of the noise (midpoints), a deterministic stand-in for it."""
+    """Equal-weight quantiles of the noise (midpoints), a deterministic stand-in for it.
+
+    Cached: callers must not modify the returned tensor."""
     u = (torch.arange(_QUANTILE_POINTS, dtype=torch.float64) + 0.5) / _QUANTILE_POINTS
     if kind != "pareto":
         return _from_uniform(kind, u, torch.ones_like(u))
@@ -84,9 +88,8 @@ def expected_clipped_gradient(x: Tensor, threshold: float, kind: str) -> Tensor:
         )
     noise = _quantiles(kind)
     x = torch.as_tensor(x, dtype=torch.float64)
-    return torch.stack(
-        [(value + noise).clamp(-threshold, threshold).mean() for value in x.reshape(-1)]
-    ).reshape(x.shape)
+    flat = x.reshape(-1, 1)
+    return (flat + noise).clamp(-threshold, threshold).mean(dim=1).reshape(x.shape)
 
 
 def clipping_fixed_point(
@@ -95,8 +98,10 @@ def clipping_fixed_point(
     r"""The point :math:`x_c` where :math:`\mathbb{E}[\mathrm{clip}_c(x + \xi)] = 0`, per threshold.
 
     Small-step clipped SGD on :math:`x^2/2` settles there; :math:`x_c = 0` means no bias.
-    The expected clipped gradient increases with :math:`x`, so bisection finds the root,
-    for all thresholds (a float or a 1-d tensor) at once. Returns a tensor of their shape.
+    The expected clipped gradient :math:`F(x)` increases with :math:`x` (its slope is
+    :math:`P(|x + \xi| < c)`), so a safeguarded Newton iteration finds the root: Newton
+    steps inside a shrinking bracket, bisection when a step would leave it. For all
+    thresholds (a float or a 1-d tensor) at once; returns a tensor of their shape.
     """
     kind = _check_noise(kind)
     tolerance = check_positive(tolerance, "tolerance")
@@ -105,13 +110,23 @@ def clipping_fixed_point(
         raise ValueError("threshold must be a finite number > 0 or a 1-d tensor of them")
     c = c.reshape(-1, 1)
     noise = _quantiles(kind)[None, :]
-    low = torch.full_like(c, -10.0) - c
+    low = torch.full_like(c, -10.0) - c  # F(low) < 0 < F(high)
     high = torch.full_like(c, 10.0) + c
-    while float((high - low).max()) > tolerance:
-        middle = 0.5 * (low + high)
-        below = (middle + noise).clamp(-c, c).mean(dim=1, keepdim=True) < 0
-        low, high = torch.where(below, middle, low), torch.where(below, high, middle)
-    return (0.5 * (low + high)).reshape(torch.as_tensor(threshold).shape)
+    x = torch.zeros_like(c)
+    for _ in range(200):
+        shifted = x + noise
+        value = shifted.clamp(-c, c).mean(dim=1, keepdim=True)
+        slope = (shifted.abs() < c).double().mean(dim=1, keepdim=True)
+        low = torch.where(value < 0, x, low)
+        high = torch.where(value > 0, x, high)
+        newton = x - value / slope.clamp(min=1e-300)
+        inside = (newton > low) & (newton < high) & (slope > 0)
+        step = torch.where(inside, newton, 0.5 * (low + high))
+        done = (value.abs() < tolerance * 1e-2) | ((high - low) < tolerance)
+        x = torch.where(done, x, step)
+        if bool(done.all()):
+            break
+    return x.reshape(torch.as_tensor(threshold).shape)
 
 
 @dataclass(frozen=True)
