@@ -21,6 +21,7 @@ library's clippers up to float rounding (``tests/test_sweep.py`` checks it).
 
 from __future__ import annotations
 
+import ast
 import copy
 import itertools
 import math
@@ -131,10 +132,7 @@ class SweepResult:
 def load_sweep(path: str | Path) -> SweepResult:
     """A :class:`SweepResult` saved by :meth:`SweepResult.save`."""
     with np.load(path) as data:
-        config = eval(str(data["config"]), {"__builtins__": {}})  # a dict literal we wrote
-        config = SweepConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-        )
+        config = SweepConfig(**ast.literal_eval(str(data["config"])))  # a dict literal
         return SweepResult(
             config, data["lr"], data["method"].astype(str), data["seed"],
             data["loss"].astype(np.float64), data["grad_norm"].astype(np.float64),

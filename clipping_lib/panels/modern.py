@@ -19,7 +19,8 @@ from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
 from clipping_lib.sweep import METHODS, SWEEP_PATH, SweepResult, load_sweep
 from clipping_lib.widgets import SliderPanel
 
-_LOSS_LIMITS = (1.5, 12.0)
+_LOSS_LIMITS = (2.0, 40.0)
+_LOSS_TICKS = (2, 3, 5, 10, 20, 40)
 _NORM_LIMITS = (1e-2, 1e3)
 
 
@@ -55,19 +56,20 @@ def modern_panel(
     loss_ax, norm_ax = figure.subplots(1, 2)
     loss_ax.set(xlim=(0, len(steps)), ylim=_LOSS_LIMITS, yscale="log", xlabel="step",
                 ylabel="training loss (nats / char)")  # fmt: skip
+    loss_ax.set_yticks(_LOSS_TICKS, [str(t) for t in _LOSS_TICKS])
+    loss_ax.minorticks_off()
     norm_ax.set(xlim=(0, len(steps)), ylim=_NORM_LIMITS, yscale="log", xlabel="step",
                 ylabel="gradient norm before clipping")  # fmt: skip
     for step in result.config.corrupt_steps:
         for ax in (loss_ax, norm_ax):
             ax.axvline(step, color="0.8", lw=3, zorder=0)
-    norm_ax.axhline(result.config.max_norm, color=COLORS["threshold"], ls="--", lw=1, label="1.0")
-    ref_loss = loss_ax.plot([], [], color=COLORS["original"], lw=1, alpha=0.6, label="no clipping")[
-        0
-    ]
+    norm_ax.axhline(
+        result.config.max_norm, color=COLORS["threshold"], ls="--", lw=1, label="threshold 1.0"
+    )
+    reference = {"color": COLORS["original"], "lw": 1, "alpha": 0.6, "label": "no clipping"}
+    ref_loss = loss_ax.plot([], [], **reference)[0]
     loss = loss_ax.plot([], [], color=COLORS["norm"], lw=1.2, label="chosen method")[0]
-    ref_norm = norm_ax.plot([], [], color=COLORS["original"], lw=1, alpha=0.6, label="no clipping")[
-        0
-    ]
+    ref_norm = norm_ax.plot([], [], **reference)[0]
     norm = norm_ax.plot([], [], color=COLORS["norm"], lw=1.2, label="chosen method")[0]
     marks = norm_ax.plot([], [], ls="none", marker="o", ms=3, color=COLORS["diverged"],
                          label="clipped / skipped")[0]  # fmt: skip
