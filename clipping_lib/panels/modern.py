@@ -11,6 +11,7 @@ curves. :func:`run_curves` is the pure part: settings in, curves and a readout o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import ipywidgets as widgets
 import numpy as np
@@ -98,3 +99,6 @@ def modern_panel(
         ),
     }
     return SliderPanel(figure, controls, draw, readout=readout)
+
+
+PANELS: dict[str, Callable[[], SliderPanel]] = {"modern": modern_panel}
