@@ -423,3 +423,16 @@ def test_every_step_stays_on_the_gradients_device(make, device):
             assert value.device.type == device
     if isinstance(clipper, ClipMonitor):
         assert all(b.device.type == device for b in clipper.buffers()) and len(clipper) == 4
+
+
+@pytest.mark.parametrize("make", [*ALL_CLIPPERS, lambda: ClipMonitor(AutoClip(10, window=4))],
+                         ids=[*ALL_IDS, "ClipMonitor(AutoClip)"])  # fmt: skip
+def test_no_host_sync_in_any_phase(make):
+    """The non-finite policy is torch.where and masks: no step copies a value to Python."""
+    from clipping_lib.syncs import CountHostSyncs
+
+    clipper, p = make(), one_norm_param(torch.float32)
+    with CountHostSyncs() as counter:
+        for n in [NAN, 1.0, 2.0, INF, 1.5, NAN, 1.2, 1.1, 1000.0, 0.9]:  # warm-up, ring wraps
+            feed(clipper, p, n)
+    assert counter.count == 0
