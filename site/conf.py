@@ -56,6 +56,7 @@ nb_execution_mode = "off"
 nb_mime_priority_overrides = [("html", PANEL_MIME, None)]
 nb_ipywidgets_js: dict = {}  # no widget manager script from a CDN
 nb_merge_streams = True
+nb_render_markdown_format = "myst"  # Markdown outputs (tables printed by code) with their math
 
 # autodoc: the library's docstrings, math and all, in source order.
 autosummary_generate = True

@@ -179,10 +179,12 @@ def test_screenshots_of_the_landing_page_and_a_lesson(site_url, visitor, artifac
     landing = visitor.page.screenshot(path=artifacts / "site_landing.png")
     stems = [n.stem for n in lessons()]
     lesson = SCREENSHOT_LESSON if SCREENSHOT_LESSON in stems else stems[0]
+    visitor.page.set_viewport_size({"width": 1280, "height": 1200})
     visitor.visit(f"{site_url}/notebooks/{lesson}.html")
-    figure = visitor.page.locator(".cell_output img").first
-    figure.scroll_into_view_if_needed()
-    visitor.page.evaluate("window.scrollBy(0, -260)")  # the text above the figure too
+    # The lesson's first section from its heading: prose, math, code and a figure.
+    visitor.page.locator("main section section h2").first.evaluate(
+        "(heading) => { heading.scrollIntoView({block: 'start'}); window.scrollBy(0, -70); }"
+    )
     shot = visitor.page.screenshot(path=artifacts / "site_lesson.png")
     assert len(landing) > 20_000 and len(shot) > 20_000  # a rendered page, not a blank one
     assert visitor.problems == []
