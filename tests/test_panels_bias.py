@@ -36,7 +36,6 @@ def test_every_control_redraws_and_the_readout_follows():
         assert expected in panel.readout.value, (name, panel.readout.value)
     root = panel.figure.axes[0].get_lines()[-1]
     assert root.get_xdata()[0] == pytest.approx(0.0, abs=1e-9)
-    assert np.median(panel.update_seconds) < 0.5
 
 
 def test_controls_accept_their_extremes():
