@@ -8,7 +8,8 @@ whether a function keeps its decisions on the device.
 Only these Python-visible conversions are counted. Operations that sync *inside* a
 kernel call are not: those whose output size depends on the data (``torch.nonzero``,
 boolean-mask indexing ``g[g > 0]``, ``torch.unique``) and copies to the host
-(``.cpu()``). On CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` reports those too.
+(``.cpu()``). On CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` warns on most of those
+too (it is experimental and does not catch every synchronizing operation).
 """
 
 from __future__ import annotations
