@@ -43,7 +43,8 @@ def norms(count: int) -> torch.Tensor:
 def autoclip_at(steps: int, window: int | None) -> AutoClip:
     clipper = AutoClip(10, window=window)
     kept = steps if window is None else min(steps, window)
-    clipper.load_state_dict({"steps": steps, "window": window, "norms": norms(kept)})
+    state = {"steps": steps, "window": window or 0, "norms": norms(kept)}  # 0: full history
+    clipper.load_state_dict(state)
     return clipper
 
 

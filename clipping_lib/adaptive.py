@@ -153,15 +153,16 @@ class AutoClip:
 
     def state_dict(self) -> dict[str, object]:
         """The step count and the recorded norms (a tensor): all a resumed run needs."""
-        return {"steps": self.steps, "window": self.window, "norms": self.history.clone()}
+        window = 0 if self.window is None else self.window  # 0: the full history
+        return {"steps": self.steps, "window": window, "norms": self.history.clone()}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Restore :meth:`state_dict`'s output; the window must be the same."""
         steps, norms = _state_items(state, "AutoClip", ("steps", "window", "norms"))
-        if state["window"] != self.window:
+        saved = state["window"] or None
+        if saved != self.window:
             raise ValueError(
-                f"the state was saved with window={state['window']}, this AutoClip has "
-                f"window={self.window}"
+                f"the state was saved with window={saved}, this AutoClip has window={self.window}"
             )
         kept = steps if self.window is None else min(steps, self.window)
         if norms.shape != (kept,):

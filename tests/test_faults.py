@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipping_lib.adaptive import AGC, AutoClip, ZClip
+from clipping_lib.adaptive import AGC, AutoClip, ZClip, nan_percentile
 from clipping_lib.monitor import ClipMonitor
 from clipping_lib.strategies import NoClip, NormClip, ValueClip
 
@@ -341,7 +341,7 @@ def test_state_dicts_hold_only_tensors_and_plain_numbers():
     def plain(value) -> bool:
         if isinstance(value, dict):
             return all(isinstance(k, str) and plain(v) for k, v in value.items())
-        return value is None or isinstance(value, (torch.Tensor, int, float))
+        return isinstance(value, (torch.Tensor, int, float)) and not isinstance(value, bool)
 
     for make in STATEFUL.values():
         clipper, p = make(), one_norm_param()
@@ -359,6 +359,17 @@ def test_a_state_from_another_configuration_is_refused():
         ZClip(warmup_steps=4).load_state_dict(ZClip(warmup_steps=5).state_dict())
     with pytest.raises(ValueError, match="missing"):
         ZClip().load_state_dict({"steps": 0})
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e6, 1e6) | st.just(NAN), min_size=1, max_size=60),
+    q=st.floats(0.0, 100.0),
+)
+def test_nan_percentile_is_numpy_nanpercentile(values, q):
+    expected = np.nanpercentile(values, q) if not all(map(math.isnan, values)) else INF
+    result = nan_percentile(torch.tensor(values, dtype=torch.float64), q).item()
+    assert result == pytest.approx(expected, rel=1e-12, abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------
