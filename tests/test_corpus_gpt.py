@@ -95,3 +95,17 @@ def test_warmup_cosine_shape():
     assert all(a >= b for a, b in itertools.pairwise(values))
     with pytest.raises(ValueError, match="warmup_steps"):
         warmup_cosine(10, 10)
+
+
+def test_key_bias_gradient_is_rounding_noise(corpus):
+    # Adding one vector to every key shifts each row of scores by a constant: softmax ignores
+    # it, so the key bias has no gradient in exact arithmetic (notebook 09, section 4a).
+    config = GPTConfig(corpus.vocab_size, context=16, width=16, layers=2, heads=2)
+    model = GPT(config, seed=0).double()
+    x, y = corpus.batches(1, 4, 16, seed=0)
+    model.loss(x[0], y[0]).backward()
+    for block in model.blocks:
+        bias = block.attn.qkv.bias.grad
+        query, key, value = bias[:16], bias[16:32], bias[32:]
+        assert key.abs().max() < 1e-12 * value.abs().max()
+        assert query.abs().max() > 0
