@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from clipping_lib._checks import check_int, check_positive
+from clipping_lib.threads import single_thread
 
 NOISES = ("gaussian", "exponential", "pareto")
 PARETO_ALPHA = 1.5
@@ -138,6 +139,7 @@ class SGDRun:
     tail_max: Tensor  # the largest |x| over the second half of the steps
 
 
+@single_thread()  # 1000s of tiny sequential steps: one thread is fastest
 def clipped_sgd(noise: Tensor, *, lr: float, threshold: Tensor | float, x0: float = 0.0) -> SGDRun:
     r"""Run :math:`x \leftarrow x - \eta\,\mathrm{clip}_c(x + \xi_k)` with the given noise.
 
