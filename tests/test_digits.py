@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,15 @@ def test_images_are_the_bundled_data_set_scaled_to_unit_range():
     assert images.dtype == torch.float32 and labels.dtype == torch.long
     assert images.min().item() == 0.0 and images.max().item() == 1.0
     assert torch.equal(torch.unique(labels), torch.arange(N_CLASSES))
+
+
+def test_images_equal_what_load_digits_returns():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images, labels = load_digit_images()
+    np.testing.assert_array_equal(images.numpy() * 16.0, digits.images)
+    np.testing.assert_array_equal(labels.numpy(), digits.target)
 
 
 def test_sequences_read_each_image_row_by_row(split):
