@@ -149,7 +149,14 @@ def test_every_local_link_and_resource_resolves(built_site):
 
 @pytest.mark.parametrize("notebook", lessons(), ids=lambda p: p.stem)
 def test_lesson_page_shows_every_figure_and_how_to_run_panels_live(built_site, notebook):
-    figures, panels = _png_outputs(built_site.notebook_as_built(notebook.stem))
+    """Every stored figure is on the page, a note on running each panel live follows it,
+    and the solution cells (hidden in JupyterLab) are collapsed."""
+    as_built = built_site.notebook_as_built(notebook.stem)
+    figures, panels = _png_outputs(as_built)
+    hidden = sum("hide-input" in c["metadata"].get("tags", []) for c in as_built["cells"])
+    source_hidden = sum(
+        c["metadata"].get("jupyter", {}).get("source_hidden", False) for c in as_built["cells"]
+    )
     page = _page_of(built_site, notebook)
     parser = _parse(page)
     assert len(parser.output_images) == figures, (
@@ -157,6 +164,7 @@ def test_lesson_page_shows_every_figure_and_how_to_run_panels_live(built_site, n
     )
     text = page.read_text(encoding="utf-8")
     assert text.count("Run this panel live") == panels
+    assert text.count('class="cell tag_hide-input') == hidden == source_hidden
     assert "jupyter-widgets" not in text and PANEL_MIME not in text, "a live widget view leaked"
     for url in parser.output_images:
         data = (page.parent / unquote(urlsplit(url).path)).read_bytes()
