@@ -28,6 +28,7 @@ def with_target_spikes(
     batch_size: int,
     n_spikes: int = 8,
     first_step: int = 50,
+    last_step: int | None = None,
     bad_examples: int = 4,
     scale: float = 30.0,
     seed: int = 0,
@@ -36,7 +37,8 @@ def with_target_spikes(
 
     Step ``k`` of a training loop that calls ``task.batch(k, batch_size)`` sees batch
     ``k``, as long as ``k < task.n // batch_size`` (each batch is used once). The spike
-    steps are drawn uniformly from ``[first_step, task.n // batch_size)``, sorted.
+    steps are drawn uniformly without replacement from ``[first_step, last_step)``
+    (``last_step`` defaults to ``task.n // batch_size``), sorted.
     """
     if not isinstance(task, SequenceTask):
         raise TypeError(f"task must be a SequenceTask, got {type(task).__name__}")
@@ -50,13 +52,16 @@ def with_target_spikes(
     if bad_examples > batch_size:
         raise ValueError(f"bad_examples must be <= batch_size = {batch_size}, got {bad_examples}")
     n_batches = task.n // batch_size
-    if n_spikes > n_batches - first_step:
+    last_step = n_batches if last_step is None else check_int(last_step, "last_step", 0)
+    if last_step > n_batches:
+        raise ValueError(f"last_step must be <= the {n_batches} batches of task, got {last_step}")
+    if n_spikes > last_step - first_step:
         raise ValueError(
-            f"cannot place {n_spikes} spikes in steps [{first_step}, {n_batches}): "
-            "use a larger task, an earlier first_step or fewer spikes"
+            f"cannot place {n_spikes} spikes in steps [{first_step}, {last_step}): "
+            "use a larger task, a wider range of steps or fewer spikes"
         )
     generator = torch.Generator().manual_seed(seed)
-    steps = first_step + torch.randperm(n_batches - first_step, generator=generator)[:n_spikes]
+    steps = first_step + torch.randperm(last_step - first_step, generator=generator)[:n_spikes]
     steps = steps.sort().values
     targets = task.targets.clone()
     for step in steps.tolist():
@@ -66,14 +71,28 @@ def with_target_spikes(
 
 
 def spiky_adding_task(
-    steps: int = 300, batch_size: int = 32, length: int = 20, *, seed: int = 0
+    steps: int = 1500,
+    batch_size: int = 32,
+    length: int = 10,
+    *,
+    n_spikes: int = 24,
+    scale: float = 3000.0,
+    quiet_end: int = 300,
+    seed: int = 0,
 ) -> tuple[SequenceTask, np.ndarray]:
-    """The run of notebook 07: an adding problem with one batch per step and 8 spikes.
+    """Notebook 07's data: an adding problem with one batch per step and ``n_spikes`` spikes.
 
-    ``adding_problem(steps * batch_size, length)`` with :func:`with_target_spikes`
-    defaults (4 of 32 targets x 30 in 8 batches at or after step 50).
+    ``adding_problem(steps * batch_size, length, seed=seed)`` with :func:`with_target_spikes`
+    (4 of the ``batch_size`` targets of each spike batch multiplied by ``scale``, spikes in
+    steps ``[50, steps - quiet_end)``: the last ``quiet_end`` steps are clean, so a final
+    loss measures the damage that lasts, not the last spike's passing bump). The same
+    ``seed`` without spikes is ``adding_problem(steps * batch_size, length, seed=seed)``.
     """
     steps = check_int(steps, "steps", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
     task = adding_problem(steps * batch_size, length, seed=seed)
-    return with_target_spikes(task, batch_size=batch_size, seed=seed)
+    quiet_end = check_int(quiet_end, "quiet_end", 0)
+    return with_target_spikes(
+        task, batch_size=batch_size, n_spikes=n_spikes, last_step=steps - quiet_end,
+        scale=scale, seed=seed,
+    )  # fmt: skip

@@ -75,9 +75,9 @@ def test_panel_switches_methods_and_parameters():
         images.add(panel.image.value)
         readouts.add(panel.readout.value)
     assert len(images) == len(METHODS) and len(readouts) == len(METHODS)
-    assert "ZClip" in panel.readout.value and "spikes clipped: 8 of 8" in panel.readout.value
+    assert "ZClip" in panel.readout.value and "spikes clipped: 4 of 4" in panel.readout.value
     panel.controls["method"].value = "fixed"
-    panel.controls["max_norm"].value = 100.0  # above every norm: nothing clipped
+    panel.controls["max_norm"].value = 1e4  # above every norm: nothing clipped
     assert "clip rate 0.0%" in panel.readout.value
     panel.controls["method"].value = "AutoClip"
     panel.controls["percentile"].value = 100.0  # the running maximum never clips
@@ -85,3 +85,32 @@ def test_panel_switches_methods_and_parameters():
     for name in ("z_thresh", "alpha"):  # every value in range is accepted
         widget = panel.controls[name]
         widget.value, widget.value = widget.min, widget.max
+
+
+def test_plot_comparison_draws_survivors_as_curves_and_divergences_as_crosses():
+    from clipping_lib.compare import compare_methods
+    from clipping_lib.panels.adaptive import plot_comparison, plot_norm_distribution
+    from clipping_lib.plots import new_figure
+    from clipping_lib.strategies import NoClip, NormClip
+    from clipping_lib.tasks import adding_problem
+
+    comparison = compare_methods(
+        lambda seed: adding_problem(20 * 8, 5, seed=seed),
+        {"blows up": NoClip, "clipped": lambda: NormClip(0.01)},
+        [0, 1],
+        test=adding_problem(16, 5), baseline=1 / 6, steps=20, eval_every=5, lr=100.0,
+        hidden_size=4, batch_size=8,
+    )  # fmt: skip
+    assert comparison.diverged[0].all() and not comparison.diverged[1].any()
+    figure = new_figure()
+    curves, finals = figure.subplots(1, 2)
+    plot_comparison((curves, finals), comparison, {"blows up": "diverged", "clipped": "norm"})
+    lines = {line.get_label(): line for line in curves.get_lines()}
+    assert set(lines) == {"blows up", "clipped", "trivial baseline"}
+    assert lines["blows up"].get_xdata().max() < 20 == lines["clipped"].get_xdata().max()
+    crosses = [line for line in finals.get_lines() if line.get_marker() == "x"]
+    crosses = [line for line in crosses if len(line.get_ydata())]
+    assert len(crosses) == 1 and np.allclose(crosses[0].get_ydata(), 3 / 6)
+    ax = figure.add_subplot()
+    plot_norm_distribution(ax, np.array([1.0, 2.0, 50.0]), {50: 2.0, 99: 49.0})
+    assert [line.get_label() for line in ax.get_lines()] == ["p50", "p99"]

@@ -22,8 +22,23 @@ def test_outliers_only_in_the_spike_batches():
 
 
 def test_spiky_adding_task_default():
+    """Notebook 07's data: 24 spikes of x 3000 in [50, 1200), clean otherwise."""
     task, steps = spiky_adding_task()
-    assert task.n == 300 * 32 and len(steps) == 8 and steps.min() >= 50
+    assert task.n == 1500 * 32 and len(steps) == 24 and steps.min() >= 50 and steps.max() < 1200
+    clean = adding_problem(1500 * 32, 10, seed=0)
+    changed = (task.targets != clean.targets).flatten().nonzero().flatten()
+    assert set((changed // 32).tolist()) == set(steps.tolist())
+    torch.testing.assert_close(task.targets[changed], 3000 * clean.targets[changed])
+
+
+def test_last_step_bounds_the_spikes():
+    task = adding_problem(32 * 100, 5, seed=2)
+    _, steps = with_target_spikes(task, batch_size=32, n_spikes=10, first_step=20, last_step=30)
+    assert sorted(steps.tolist()) == list(range(20, 30))
+    with pytest.raises(ValueError, match="last_step"):
+        with_target_spikes(task, batch_size=32, n_spikes=1, last_step=101)
+    with pytest.raises(ValueError, match="cannot place"):
+        with_target_spikes(task, batch_size=32, n_spikes=11, first_step=20, last_step=30)
 
 
 def test_bad_input():

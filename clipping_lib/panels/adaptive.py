@@ -1,8 +1,9 @@
 r"""Panel for notebook 07: threshold rules replayed on a recorded gradient-norm sequence.
 
-The panel takes the global gradient norms of one seeded training run (the spiky adding
-problem of :func:`clipping_lib.spikes.spiky_adding_task`, trained with fixed norm
-clipping) and shows, for the rule and parameters chosen, the threshold at every step and
+The panel takes the global gradient norms of one seeded training run (the first
+:data:`WATCH` steps on the spiky adding problem of
+:func:`clipping_lib.spikes.spiky_adding_task`, trained with fixed norm clipping at 1) and
+shows, for the rule and parameters chosen, the threshold at every step and
 the steps it would clip. It *replays* the rules on fixed norms: it shows what each rule
 decides, not how training would change afterwards (the notebook's comparison runs do).
 
@@ -14,6 +15,9 @@ The replays are NumPy versions of the library's clippers, fast enough for a slid
 * AutoClip: :math:`c_t = \operatorname{percentile}_p(n_1, \dots, n_t)`;
 * ZClip: :math:`c_t = \mu + z_{thr}(\sigma + \varepsilon)` after the warm-up (``inf``
   before), with the EMA statistics fed the clipped norms.
+
+The module also holds the notebook's figures that are more than a few lines:
+:func:`plot_norm_distribution` and :func:`plot_comparison`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from collections.abc import Callable
 
 import ipywidgets as widgets
 import numpy as np
+from matplotlib.axes import Axes
 
+from clipping_lib.compare import Comparison
 from clipping_lib.monitor import NormHistory, plot_norm_history
 from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
 from clipping_lib.spikes import spiky_adding_task
@@ -32,7 +38,9 @@ from clipping_lib.training import train_rnn
 from clipping_lib.widgets import SliderPanel
 
 METHODS = ("fixed", "AutoClip", "ZClip")
-RUN = {"lr": 0.1, "steps": 300, "hidden_size": 16, "batch_size": 32}  # notebook 07's run
+RUN = {"lr": 0.1, "hidden_size": 16, "batch_size": 32}  # notebook 07's model and plain SGD
+STEPS = 1500  # the budget of notebook 07's comparison
+WATCH = 300  # its single runs (monitoring, AutoClip, ZClip) watch the first steps only
 
 
 def autoclip_thresholds(norms: np.ndarray, percentile: float) -> np.ndarray:
@@ -88,10 +96,11 @@ def replay(
 
 
 def recorded_norms(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Norms before clipping of notebook 07's run with ``NormClip(1.0)``, and the spike steps."""
-    task, spike_steps = spiky_adding_task(RUN["steps"], RUN["batch_size"], seed=seed)
-    history = train_rnn(task, NormClip(1.0), seed=seed, **RUN)
-    return history.grad_norm, spike_steps
+    """Norms before clipping of notebook 07's run with ``NormClip(1.0)`` over its first
+    :data:`WATCH` steps, and the spike steps among them."""
+    task, spike_steps = spiky_adding_task(STEPS, RUN["batch_size"], seed=seed)
+    history = train_rnn(task, NormClip(1.0), steps=WATCH, seed=seed, **RUN)
+    return history.grad_norm, spike_steps[spike_steps < WATCH]
 
 
 def adaptive_panel(
@@ -137,7 +146,7 @@ def adaptive_panel(
     controls = {
         "method": widgets.ToggleButtons(options=METHODS, value="fixed", description="rule"),
         "max_norm": widgets.FloatLogSlider(
-            value=1.0, base=10, min=-1, max=2, step=0.05, description="fixed c"
+            value=1.0, base=10, min=-1, max=4, step=0.05, description="fixed c"
         ),
         "percentile": widgets.FloatSlider(
             value=10.0, min=1.0, max=100.0, step=1.0, description="AutoClip p"
@@ -150,6 +159,53 @@ def adaptive_panel(
         ),
     }
     return SliderPanel(figure, controls, draw, readout=readout)
+
+
+def plot_norm_distribution(ax: Axes, norms: np.ndarray, percentiles: dict[float, float]) -> None:
+    """Histogram of ``norms`` on log-spaced bins, with a vertical line per percentile."""
+    norms = np.asarray(norms, dtype=np.float64)
+    bins = np.geomspace(norms.min(), norms.max(), 40)
+    ax.hist(norms, bins=bins, color=COLORS["original"], alpha=0.7)
+    for (q, value), style in zip(percentiles.items(), (":", "--", "-.", "-"), strict=False):
+        ax.axvline(value, color=COLORS["threshold"], ls=style, label=f"p{q:g}")
+    ax.set(xscale="log", xlabel="global gradient norm", ylabel="steps")
+    ax.legend(fontsize="small")
+
+
+def plot_comparison(
+    axes: tuple[Axes, Axes], comparison: Comparison, colors: dict[str, str]
+) -> None:
+    """Left: each method's held-out loss over training (median over seeds, band from the
+    best to the worst seed). Right: each seed's final loss per method. Both log scale,
+    with the trivial baseline dashed; a run that diverged is drawn as an x at the top."""
+    curves, finals = axes
+    steps = comparison.eval_steps
+    top = 3 * comparison.baseline
+    for row, name in enumerate(comparison.methods):
+        color = COLORS.get(colors[name], colors[name])
+        losses = comparison.test_loss[row]
+        with np.errstate(all="ignore"):
+            alive = np.isfinite(losses).all(axis=0)
+            if alive.any():
+                median = np.median(losses[:, alive], axis=0)
+                curves.plot(steps[alive], median, color=color, lw=1.6, label=name)
+                low, high = losses[:, alive].min(axis=0), losses[:, alive].max(axis=0)
+                curves.fill_between(steps[alive], low, high, color=color, alpha=0.15)
+        final = comparison.final_loss[row]
+        jitter = np.linspace(-0.2, 0.2, len(final))
+        ok = np.isfinite(final)
+        finals.plot(row + jitter[ok], final[ok], "o", ms=4, color=color)
+        finals.plot(row + jitter[~ok], np.full((~ok).sum(), top), "x", ms=6, color=color)
+    for ax in axes:
+        ax.axhline(comparison.baseline, color=COLORS["threshold"], ls="--", lw=1,
+                   label="trivial baseline")  # fmt: skip
+        ax.set_yscale("log")
+    curves.set(xlabel="step", ylabel="held-out loss", ylim=(None, top * 1.5))
+    curves.legend(fontsize="small", ncols=2)
+    finals.set_xticks(range(len(comparison.methods)), comparison.methods, rotation=30,
+                      ha="right", fontsize="small")  # fmt: skip
+    finals.set(ylabel="final held-out loss (one dot per seed; x: diverged)",
+               ylim=(None, top * 1.5))  # fmt: skip
 
 
 PANELS: dict[str, Callable[[], SliderPanel]] = {"adaptive": adaptive_panel}
