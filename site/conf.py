@@ -24,6 +24,7 @@ SITE = Path(__file__).resolve().parent
 REPO = SITE.parent
 NOTEBOOKS = REPO / "notebooks"
 STAGED = SITE / "notebooks"
+API_TABLES = SITE / "_api_modules.md"  # written by write_api_tables, included by api.md
 LESSON_NAME = re.compile(r"^\d\d_\w+\.ipynb$")
 PANEL_MIME = "application/vnd.jupyter.widget-view+json"
 REPOSITORY_URL = "https://github.com/gradient-clipping-course/course"
@@ -44,7 +45,7 @@ extensions = [
     "sphinx.ext.mathjax",
 ]
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "**/.ipynb_checkpoints", "_templates"]
+exclude_patterns = ["_build", "**/.ipynb_checkpoints", "_templates", API_TABLES.name]
 suppress_warnings = ["myst.header"]  # lessons open with "# NN · title", then use ## sections
 
 # MyST: $...$ and $$...$$ math in markdown cells, raw <details> blocks kept.
@@ -59,7 +60,7 @@ nb_merge_streams = True
 nb_render_markdown_format = "myst"  # Markdown outputs (tables printed by code) with their math
 
 # autodoc: the library's docstrings, math and all, in source order.
-autosummary_generate = True
+autosummary_generate = [API_TABLES.name]  # stubs for the modules in the reference tables
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}
@@ -102,6 +103,13 @@ MATHJAX_PARTS = [
     "ui",
     "a11y",
 ]
+
+
+# Modules a practitioner imports into a training loop (DESIGN.md); every other public
+# module is the course's lab bench. A new module appears on the reference page by itself.
+TRAINING_LOOP_MODULES = (
+    "clip", "strategies", "adaptive", "monitor", "recipes", "per_sample", "distributed",
+)  # fmt: skip
 
 
 def lesson_paths() -> list[Path]:
@@ -175,6 +183,30 @@ def stage_notebooks(app, config) -> None:
             stale.unlink()
 
 
+def public_modules() -> list[str]:
+    """clipping_lib's public modules and subpackages, one level down (found on disk)."""
+    package = REPO / "clipping_lib"
+    names = [p.stem for p in package.glob("*.py") if p.stem != "__init__"]
+    names += [p.parent.name for p in package.glob("*/__init__.py")]
+    return sorted(n for n in names if not n.startswith("_"))
+
+
+def _module_table(title: str, names: list[str]) -> str:
+    rows = "".join(f"   clipping_lib.{name}\n" for name in names)
+    directive = ".. autosummary::\n   :toctree: _api\n   :recursive:\n\n"
+    return f"## {title}\n\n```{{eval-rst}}\n{directive}{rows}```\n"
+
+
+def write_api_tables(app, config) -> None:
+    """The reference page's two module tables, written from the modules on disk."""
+    modules = public_modules()
+    loop = [m for m in TRAINING_LOOP_MODULES if m in modules]
+    bench = [m for m in modules if m not in TRAINING_LOOP_MODULES]
+    text = _module_table("For your training loop", loop) + "\n"
+    text += _module_table("The course's lab bench", bench)
+    _write_if_changed(API_TABLES, text)
+
+
 def copy_mathjax(app, exception) -> None:
     """Put the MathJax files into the built site's _static/mathjax."""
     if exception is not None or app.builder.format != "html":
@@ -194,4 +226,5 @@ def copy_mathjax(app, exception) -> None:
 
 def setup(app):
     app.connect("config-inited", stage_notebooks)
+    app.connect("config-inited", write_api_tables)
     app.connect("build-finished", copy_mathjax)

@@ -188,7 +188,7 @@ def test_math_is_served_by_the_site(built_site):
 def _public_modules() -> list[str]:
     import clipping_lib
 
-    found = ["clipping_lib"]
+    found = []
     for info in pkgutil.walk_packages(clipping_lib.__path__, "clipping_lib."):
         if not any(part.startswith("_") for part in info.name.split(".")):
             found.append(info.name)
@@ -196,7 +196,8 @@ def _public_modules() -> list[str]:
 
 
 def test_api_reference_documents_every_public_module(built_site):
-    """One page per public module of clipping_lib, with each function and class in its __all__."""
+    """One page per public module of clipping_lib (found by import, while the site finds
+    them on disk), with each function and class in its __all__."""
     missing = []
     for name in _public_modules():
         page = built_site.root / "_api" / f"{name}.html"
@@ -207,7 +208,7 @@ def test_api_reference_documents_every_public_module(built_site):
         if f"module-{name}" not in ids:
             missing.append(f"{name}: no module docstring")
         module = importlib.import_module(name)
-        for member in getattr(module, "__all__", []) if name != "clipping_lib" else []:
+        for member in getattr(module, "__all__", []):
             is_code = inspect.isfunction(obj := getattr(module, member)) or inspect.isclass(obj)
             if is_code and f"{name}.{member}" not in ids:
                 missing.append(f"{name}.{member}")
