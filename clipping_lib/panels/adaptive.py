@@ -180,7 +180,8 @@ def plot_comparison(
     with the trivial baseline dashed; a run that diverged is drawn as an x at the top."""
     curves, finals = axes
     steps = comparison.eval_steps
-    top = 3 * comparison.baseline
+    reached = comparison.final_loss[np.isfinite(comparison.final_loss)]
+    top = 3 * max(comparison.baseline, reached.max(initial=0.0))  # diverged runs: x up here
     for row, name in enumerate(comparison.methods):
         color = COLORS.get(colors[name], colors[name])
         losses = comparison.test_loss[row]
