@@ -1,7 +1,7 @@
 """Sphinx configuration: the course as a static website, built from the executed notebooks.
 
 Build:  python -m sphinx -b html site build/site
-Serve:  python -m http.server -d build/site 8000
+Serve:  python -m http.server -d build/site -b 127.0.0.1 8000   (then open http://127.0.0.1:8000)
 
 Nothing is executed: each page shows the outputs stored in its notebook. Before Sphinx
 reads its sources, ``stage_notebooks`` copies every ``notebooks/NN_*.ipynb`` into
@@ -46,9 +46,8 @@ extensions = [
 ]
 templates_path = ["_templates"]
 exclude_patterns = ["_build", "**/.ipynb_checkpoints", "_templates", API_TABLES.name]
-suppress_warnings = ["myst.header"]  # lessons open with "# NN · title", then use ## sections
 
-# MyST: $...$ and $$...$$ math in markdown cells, raw <details> blocks kept.
+# MyST: $...$ and $$...$$ math in the notebooks' Markdown.
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
 
