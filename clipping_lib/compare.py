@@ -352,13 +352,13 @@ def train_together(
     r"""Train run ``i``, ``TanhRNN(seed=seeds[i])`` on ``tasks[i]`` with ``clippers[i]``, at once.
 
     Each step: every run's loss on its own mini-batch ``tasks[i].batch(step,
-    batch_size)``, one backward pass for all, each run's clipping rule, then SGD,
-    :math:`\theta \leftarrow \theta - \eta\,\hat g`. The clippers are read for their
-    settings (they must be fresh) and are not called. A run whose loss or norm is not
-    finite stops there, as in ``train_rnn``: its weights are frozen and its history ends
-    with that step. Every ``eval_every`` updates (and before the first) each run's loss on
-    the whole held-out set ``test`` is measured. All tasks share sequence length, sizes
-    and loss.
+    batch_size)``, the gradients of all runs by backpropagation through time, each run's
+    clipping rule, then SGD, :math:`\theta \leftarrow \theta - \eta\,\hat g`. The clippers
+    are read for their settings (they must be fresh) and are not called. A run whose loss
+    or norm is not finite stops there, as in ``train_rnn``: its weights are frozen and its
+    history ends with that step (so no clipper's non-finite policy comes into play).
+    Every ``eval_every`` updates (and before the first) each run's loss on the whole
+    held-out set ``test`` is measured. All tasks share sequence length, sizes and loss.
     """
     if not (len(tasks) == len(clippers) == len(seeds) >= 1):
         raise ValueError(
