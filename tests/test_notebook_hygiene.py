@@ -11,7 +11,9 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 NETWORK_PATTERN = re.compile(r"urlopen|urlretrieve|requests\.get|wget |curl |download=True|hf_hub")
 # A stored output must read the same on every learner's machine: no path of the machine that ran it.
-MACHINE_PATH_PATTERN = re.compile(r"/work/|/root/|/home/|/tmp/|site-packages|/usr/(local/)?lib|[A-Z]:\\\\")
+MACHINE_PATH_PATTERN = re.compile(
+    r"/work/|/root/|/home/|/tmp/|site-packages|/usr/(local/)?lib|[A-Z]:\\\\"
+)
 # An assert must hold on any machine: never on a version, a clock or a speed.
 MACHINE_ASSERT_PATTERN = re.compile(
     r"__version__|python_version|perf_counter|monotonic|time\.time|seconds|elapsed|_ms\b|speedup"
