@@ -27,7 +27,12 @@ from torch import Tensor, nn
 
 from clipping_lib._checks import as_tensor_list, check_eps, check_norm_type, check_threshold
 from clipping_lib.clip import clip_grads_with_norm_, get_total_norm
-from clipping_lib.distributed import clip_sharded_grads_, make_batch, make_model
+from clipping_lib.distributed import (
+    clip_sharded_grads_,
+    fully_sharded_model,
+    make_batch,
+    make_model,
+)
 
 __all__ = [
     "clip_grad_norm_with_sparse_",
@@ -172,16 +177,8 @@ def dtensor_norm_item(max_norm: float = 1.0, seed: int = 0) -> dict[str, object]
     (single process); and for the total norm that ``clip_grad_norm_`` returns,
     ``total_placements``, ``total_item`` and ``total_reference``.
     """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     whole, _, total_reference = _full_batch_reference(seed, max_norm)
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    model = make_model(seed)
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    model = fully_sharded_model(seed)
     x, y = make_batch(32, seed)
     torch.mean((model(x) - y) ** 2).backward()
     layer_norm = torch.linalg.vector_norm(model[0].weight.grad)

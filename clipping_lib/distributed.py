@@ -425,6 +425,19 @@ def make_model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 4))
 
 
+def fully_sharded_model(seed: int = 0) -> nn.Module:
+    """:func:`make_model` under FSDP2 across this group: each layer's weights sharded by rank."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    model = make_model(seed)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
 def make_batch(batch_size: int = 32, seed: int = 0) -> tuple[Tensor, Tensor]:
     """A regression batch ``(x, y)``; the last eighth of the targets are outliers (x 20).
 
@@ -509,19 +522,11 @@ def sharded_norms(max_norm: float = 1.0, seed: int = 0, batch_size: int = 32) ->
     ``manual_local_norm``, ``manual_norm``, ``manual_inf_norm`` and ``manual_clipped``
     (this rank's slice after :func:`clip_sharded_grads_`).
     """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     batch = make_batch(batch_size, seed)
     result = _reference(batch, seed, max_norm)
     x, y = _my_chunk(batch)
 
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    model = make_model(seed)
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    model = fully_sharded_model(seed)
     _loss(model, x, y).backward()  # FSDP reduce-scatters: each rank keeps one shard, averaged
     grads = [p.grad for p in model.parameters()]
     result["fsdp_local_norm"] = get_total_norm([g.to_local() for g in grads])

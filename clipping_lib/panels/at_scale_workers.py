@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from clipping_lib.distributed import make_batch, make_model
+from clipping_lib.distributed import fully_sharded_model, make_batch, make_model
 
 
 def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -32,19 +32,11 @@ def dtensor_norm_logging(seed: int = 0, batch_size: int = 32) -> dict:
     of the first layer's weight gradient), ``layer_full`` (its ``.full_tensor()``) and
     ``layer_reference`` (the same norm from one process on the full batch).
     """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     x, y = make_batch(batch_size, seed)
     reference = make_model(seed)
     _mse(reference, x, y).backward()
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = make_model(seed)
-    mesh = init_device_mesh("cpu", (world,))
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    model = fully_sharded_model(seed)
     _mse(model, x.chunk(world)[rank], y.chunk(world)[rank]).backward()  # averaged shards
 
     total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
