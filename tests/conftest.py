@@ -1,4 +1,5 @@
-"""Shared test helpers: pairs of identical parameter sets, one for us and one for PyTorch."""
+"""Shared test helpers: pairs of identical parameter sets, one for us and one for PyTorch,
+and the one headless Chromium (through Playwright) that the browser and website tests share."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import matplotlib
 import pytest
 import torch
+from browser.chromium import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from hypothesis import settings
 
 matplotlib.use("Agg")
@@ -58,3 +60,34 @@ def twin_params():
         return params, clone_params(params)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def chromium_path():
+    """Debian's Chromium; skipped where it is missing, but a failure in CI (``CI`` set)."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} not found: apt-get install -y chromium"
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests need Chromium in CI: {message}")
+        pytest.skip(message)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    """One Playwright and one Chromium for the whole session: Playwright's sync API cannot
+    start a second instance while the first is running in the same thread."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts():
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

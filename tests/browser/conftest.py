@@ -1,14 +1,14 @@
 """A real JupyterLab on 127.0.0.1 and a headless Debian Chromium driven by Playwright.
 
 The server gets a free port, a random token, temporary settings and a temporary copy
-of notebooks/, and is shut down at the end whatever happens. Where Chromium is missing
-the tests are skipped with the reason, except in CI (``CI`` set), where that fails.
+of notebooks/, and is shut down at the end whatever happens. The browser fixtures
+(``chromium_path``, ``browser``, ``artifacts``) are in tests/conftest.py: where Chromium is
+missing the tests are skipped with the reason, except in CI (``CI`` set), where that fails.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -21,15 +21,11 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from .chromium import ARTIFACTS
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # Milliseconds from a key press on a panel's slider to its new picture, by panel.
 LATENCIES: dict[str, list[float]] = {}
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -50,16 +46,6 @@ def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 120.0) 
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"JupyterLab did not answer {url} within {timeout:.0f} s")
-
-
-@pytest.fixture(scope="session")
-def chromium_path() -> Path:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} not found: apt-get install -y chromium"
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests need Chromium in CI: {message}")
-        pytest.skip(message)
-    return CHROMIUM
 
 
 @pytest.fixture(scope="session")
@@ -94,24 +80,6 @@ def jupyter_lab(tmp_path_factory, chromium_path) -> dict:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-
-
-@pytest.fixture(scope="session")
-def browser(chromium_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture(scope="session")
-def artifacts() -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -3,7 +3,7 @@
 ``built_site`` runs the README's build command (``python -m sphinx -b html site OUT``) with
 the warnings written to a file, so that one test can treat them as errors while the others
 still check the pages. ``site_url`` serves the result on 127.0.0.1 at a free port. The
-browser fixtures (Debian's Chromium through Playwright) are those of tests/browser.
+browser fixtures (Debian's Chromium through Playwright) are those of tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from browser.conftest import ARTIFACTS, artifacts, browser, chromium_path  # noqa: F401
+from browser.chromium import ARTIFACTS
 
 REPO = Path(__file__).resolve().parents[2]
 SITE_SOURCE = REPO / "site"
