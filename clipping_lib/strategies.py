@@ -32,7 +32,13 @@ import torch
 from torch import Tensor
 
 from clipping_lib._checks import as_parameter_list, check_eps, check_threshold
-from clipping_lib.clip import _norm_of_groups, clip_grad_norm_, clip_grad_value_, get_total_norm
+from clipping_lib.clip import (
+    _group_by_device_and_dtype,
+    _norm_of_groups,
+    clip_grad_norm_,
+    clip_grad_value_,
+    get_total_norm,
+)
 
 __all__ = ["ClipStep", "Clipper", "NoClip", "NormClip", "ValueClip", "nonfinite_coefficient"]
 
@@ -64,10 +70,7 @@ def stat_dtype(grads: list[Tensor]) -> torch.dtype:
 
 def stat_norm(grads: list[Tensor]) -> Tensor:
     """The global L2 norm, accumulated and returned in :func:`stat_dtype` (no fp16 overflow)."""
-    groups: dict = {}
-    for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
-    return _norm_of_groups(groups, 2.0, None, dtype=stat_dtype(grads))
+    return _norm_of_groups(_group_by_device_and_dtype(grads), 2.0, None, dtype=stat_dtype(grads))
 
 
 def nonfinite_coefficient(norm: Tensor, coefficient: Tensor) -> Tensor:
@@ -78,10 +81,7 @@ def nonfinite_coefficient(norm: Tensor, coefficient: Tensor) -> Tensor:
 
 def scale_grads_(grads: list[Tensor], coef: Tensor) -> None:
     """Multiply every gradient in place by the 0-d tensor ``coef`` (no host sync)."""
-    groups: dict[tuple, list[Tensor]] = {}
-    for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
-    for (device, dtype), group in groups.items():
+    for (device, dtype), group in _group_by_device_and_dtype(grads).items():
         torch._foreach_mul_(group, coef.to(device, dtype))
 
 
