@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from clipping_lib._checks import as_parameter_list, check_eps, check_int, check_positive
+from clipping_lib.clip import TensorOrTensors
 from clipping_lib.strategies import (
     ClipStep,
     full_like_norm,
@@ -53,7 +54,6 @@ __all__ = ["AGC", "AutoClip", "ZClip", "nan_percentile", "unitwise_norm"]
 
 _INF = float("inf")
 
-TensorOrTensors = Tensor | Iterable[Tensor]
 
 
 def nan_percentile(values: Tensor, q: float) -> Tensor:

@@ -20,7 +20,7 @@ A :class:`NormHistory` answers the questions worth asking of a run:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,10 +29,9 @@ from matplotlib.axes import Axes
 from torch import Tensor
 
 from clipping_lib._checks import check_int
+from clipping_lib.clip import TensorOrTensors
 from clipping_lib.plots import COLORS
 from clipping_lib.strategies import Clipper, ClipStep
-
-TensorOrTensors = Tensor | Iterable[Tensor]
 
 __all__ = ["ClipMonitor", "NormHistory", "plot_norm_history"]
 

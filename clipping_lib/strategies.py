@@ -24,7 +24,6 @@ at the end. Norms and thresholds are at least float32 whatever the gradients' dt
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +32,7 @@ from torch import Tensor
 
 from clipping_lib._checks import as_parameter_list, check_eps, check_threshold
 from clipping_lib.clip import (
+    TensorOrTensors,
     _group_by_device_and_dtype,
     _norm_of_groups,
     clip_grad_norm_,
@@ -42,7 +42,6 @@ from clipping_lib.clip import (
 
 __all__ = ["ClipStep", "Clipper", "NoClip", "NormClip", "ValueClip", "nonfinite_coefficient"]
 
-TensorOrTensors = Tensor | Iterable[Tensor]
 
 
 @dataclass(frozen=True)
