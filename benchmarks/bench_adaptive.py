@@ -4,7 +4,7 @@ Run:  python benchmarks/bench_adaptive.py [--rounds 20] [--steps 1000 1000000]
 
 A clipper's state at step ``T`` is made directly (``load_state_dict`` with ``T`` recorded
 norms, lognormal), then one more step is timed on a 20-tensor, 82k-parameter gradient,
-interleaved with the other clippers in the same run (clipping_lib.timing.compare), each
+interleaved with the other clippers in the same run (clipping_lib.lab.timing.compare), each
 call on freshly restored gradients. ``NormClip(1.0)``, i.e. ``clip_grad_norm_``, is the
 baseline: the ratio says what the adaptive part adds. AutoClip is timed with its default
 window of 10,000 steps and with ``window=None`` (the paper's full history).
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from clipping_lib.adaptive import AutoClip, ZClip
+from clipping_lib.lab.timing import compare
 from clipping_lib.monitor import ClipMonitor
 from clipping_lib.strategies import ClipStep, NormClip
-from clipping_lib.timing import compare
 
 
 def parameters() -> list[torch.nn.Parameter]:

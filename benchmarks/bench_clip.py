@@ -3,7 +3,7 @@
 Run:  python benchmarks/bench_clip.py [--rounds 15] [--device cpu|cuda] [--skip-large] [--check]
 
 For parameter sets of 10, 100, 1,000 and 10,000 tensors and one ~100M-parameter model,
-the three implementations are timed interleaved in one run (clipping_lib.timing.compare),
+the three implementations are timed interleaved in one run (clipping_lib.lab.timing.compare),
 each call on freshly restored gradients, and the median ratio to PyTorch is printed.
 For the large model, effective memory bandwidth is compared with a plain copy measured
 in the same run: norm clipping reads the gradients twice and writes them once (3 passes).
@@ -20,8 +20,8 @@ import statistics
 import torch
 
 import clipping_lib
-from clipping_lib.manual import naive_clip_grad_norm_
-from clipping_lib.timing import compare
+from clipping_lib.lab.manual import naive_clip_grad_norm_
+from clipping_lib.lab.timing import compare
 
 MAX_NORM = 1.0
 

@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/bench_widgets.py [--moves 25]
 
-Every module in ``clipping_lib.panels`` lists its panels in ``PANELS`` (name -> factory).
+Every module in ``clipping_lib.lab.panels`` lists its panels in ``PANELS`` (name -> factory).
 Each panel is built once, then each of its controls is moved through ``--moves`` values
 across its range (options of a dropdown in turn), exactly as ``control.value = ...`` in
 the browser would do. ``SliderPanel`` times every update: the Python side of a slider
@@ -20,17 +20,17 @@ import ipywidgets as widgets
 import matplotlib
 import numpy as np
 
-import clipping_lib.panels
-from clipping_lib.widgets import SliderPanel
+import clipping_lib.lab.panels
+from clipping_lib.lab.widgets import SliderPanel
 
 BAR_MS = 100.0
 
 
 def all_panels() -> dict[str, object]:
-    """Every ``PANELS`` factory of every module in clipping_lib.panels, by qualified name."""
+    """Every ``PANELS`` factory of every module in clipping_lib.lab.panels, by qualified name."""
     found = {}
-    for module_info in pkgutil.iter_modules(clipping_lib.panels.__path__):
-        module = importlib.import_module(f"clipping_lib.panels.{module_info.name}")
+    for module_info in pkgutil.iter_modules(clipping_lib.lab.panels.__path__):
+        module = importlib.import_module(f"clipping_lib.lab.panels.{module_info.name}")
         for name, factory in getattr(module, "PANELS", {}).items():
             found[f"{module_info.name}: {name}"] = factory
     return found

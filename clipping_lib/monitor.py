@@ -25,15 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from matplotlib.axes import Axes
 from torch import Tensor
 
 from clipping_lib._checks import check_int
 from clipping_lib.clip import TensorOrTensors
-from clipping_lib.plots import COLORS
 from clipping_lib.strategies import Clipper, ClipStep
 
-__all__ = ["ClipMonitor", "NormHistory", "plot_norm_history"]
+__all__ = ["ClipMonitor", "NormHistory"]
 
 
 @dataclass(frozen=True)
@@ -223,44 +221,3 @@ class ClipMonitor:
 
     def __repr__(self) -> str:
         return f"ClipMonitor({self.clipper!r}, steps={len(self)})"
-
-
-def plot_norm_history(
-    ax: Axes,
-    history: NormHistory,
-    *,
-    label: str = "norm before clipping",
-    color: str = COLORS["original"],
-    spikes: bool = False,
-) -> dict:
-    """Draw the norm per step (log scale), the threshold, and the clipped steps.
-
-    Returns the artists by name (``"norm"``, ``"threshold"``, ``"clipped"`` and, with
-    ``spikes=True``, ``"spikes"``) so a panel can move them with ``set_data``.
-    """
-    steps = np.arange(len(history))
-    finite = np.where(np.isfinite(history.threshold), history.threshold, np.nan)
-    artists = {
-        "norm": ax.plot(steps, history.norm, color=color, lw=1.0, label=label)[0],
-        "threshold": ax.plot(
-            steps, finite, color=COLORS["threshold"], lw=1.5, ls="--", label="threshold"
-        )[0],
-        "clipped": ax.plot(
-            steps[history.clipped],
-            history.norm[history.clipped],
-            ls="none",
-            marker="o",
-            ms=3,
-            color=COLORS["norm"],
-            label=f"clipped ({history.clip_rate:.0%} of steps)",
-        )[0],
-    }
-    if spikes:
-        index = history.spikes()
-        artists["spikes"] = ax.plot(
-            index, history.norm[index], ls="none", marker="^", ms=7, mfc="none",
-            color=COLORS["diverged"], label="spike (> 5x recent median)",
-        )[0]  # fmt: skip
-    ax.set(yscale="log", xlabel="step", ylabel="global gradient norm")
-    ax.legend(loc="upper right", fontsize="small")
-    return artists

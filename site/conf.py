@@ -104,13 +104,6 @@ MATHJAX_PARTS = [
 ]
 
 
-# Modules a practitioner imports into a training loop (DESIGN.md); every other public
-# module is the course's lab bench. A new module appears on the reference page by itself.
-TRAINING_LOOP_MODULES = (
-    "clip", "strategies", "adaptive", "monitor", "recipes", "per_sample", "distributed",
-)  # fmt: skip
-
-
 def lesson_paths() -> list[Path]:
     """Every notebooks/NN_*.ipynb, in course order."""
     return sorted(p for p in NOTEBOOKS.iterdir() if LESSON_NAME.match(p.name))
@@ -182,27 +175,39 @@ def stage_notebooks(app, config) -> None:
             stale.unlink()
 
 
-def public_modules() -> list[str]:
-    """clipping_lib's public modules and subpackages, one level down (found on disk)."""
-    package = REPO / "clipping_lib"
-    names = [p.stem for p in package.glob("*.py") if p.stem != "__init__"]
-    names += [p.parent.name for p in package.glob("*/__init__.py")]
-    return sorted(n for n in names if not n.startswith("_"))
+def public_modules(package: str = "clipping_lib") -> list[str]:
+    """A package's public modules and subpackages, one level down (found on disk)."""
+    folder = REPO.joinpath(*package.split("."))
+    names = [p.stem for p in folder.glob("*.py") if p.stem != "__init__"]
+    names += [p.parent.name for p in folder.glob("*/__init__.py")]
+    return sorted(f"{package}.{n}" for n in names if not n.startswith("_"))
 
 
-def _module_table(title: str, names: list[str]) -> str:
-    rows = "".join(f"   clipping_lib.{name}\n" for name in names)
+def _module_table(title: str, intro: str, names: list[str]) -> str:
+    rows = "".join(f"   {name}\n" for name in names)
     directive = ".. autosummary::\n   :toctree: _api\n   :recursive:\n\n"
-    return f"## {title}\n\n```{{eval-rst}}\n{directive}{rows}```\n"
+    return f"## {title}\n\n{intro}\n\n```{{eval-rst}}\n{directive}{rows}```\n"
 
 
 def write_api_tables(app, config) -> None:
-    """The reference page's two module tables, written from the modules on disk."""
-    modules = public_modules()
-    loop = [m for m in TRAINING_LOOP_MODULES if m in modules]
-    bench = [m for m in modules if m not in TRAINING_LOOP_MODULES]
-    text = _module_table("For your training loop", loop) + "\n"
-    text += _module_table("The course's lab bench", bench)
+    """The reference page's two module tables, one per floor, from the folders on disk.
+
+    The top level of ``clipping_lib`` is what a training loop imports; ``clipping_lib.lab``
+    is the course's lab bench. A new module appears on the reference page by itself.
+    """
+    loop = [m for m in public_modules() if m != "clipping_lib.lab"]
+    bench = public_modules("clipping_lib.lab")
+    text = _module_table(
+        "For your training loop: `clipping_lib`",
+        "Depends on torch and numpy only: `pip install .` in a clone of the course.",
+        loop,
+    )
+    text += "\n" + _module_table(
+        "The course's lab bench: `clipping_lib.lab`",
+        "What the lessons are built from; it needs the `course` extra: "
+        "`pip install \".[course]\"`.",
+        bench,
+    )
     _write_if_changed(API_TABLES, text)
 
 

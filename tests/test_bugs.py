@@ -1,4 +1,4 @@
-"""clipping_lib.bugs: the reproductions behave as the notebook says, and the fixes match PyTorch."""
+"""clipping_lib.lab.bugs: the reproductions behave as notebook 10 says; the fixes match PyTorch."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from clipping_lib.bugs import (
+from clipping_lib.lab.bugs import (
     clip_grad_norm_with_sparse_,
     clip_order_norms,
     dtensor_norm_item,
     pipeline_stage_clip,
     total_norm_with_sparse,
 )
-from clipping_lib.distributed import WorkerGroup
+from clipping_lib.lab.workers import WorkerGroup
 
 
 def test_clip_order_divides_the_threshold_by_the_loss_scale():

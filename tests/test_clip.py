@@ -10,7 +10,7 @@ import torch
 from conftest import clone_params, grads_of, make_params
 
 import clipping_lib as cl
-from clipping_lib.syncs import CountHostSyncs
+from clipping_lib.lab.syncs import CountHostSyncs
 
 SHAPES = [(4, 5), (7,), (3, 2, 2), (1,)]
 NORM_TYPES = [0.5, 1, 1.5, 2, 3.5, 4, math.inf, "inf"]

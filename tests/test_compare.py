@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clipping_lib.adaptive import AGC, AutoClip, ZClip
-from clipping_lib.compare import (
+from clipping_lib.lab.compare import (
     Comparison,
     ExceptReadout,
     Paired,
@@ -16,10 +16,10 @@ from clipping_lib.compare import (
     compare_methods,
     train_together,
 )
-from clipping_lib.spikes import with_target_spikes
+from clipping_lib.lab.spikes import with_target_spikes
+from clipping_lib.lab.tasks import adding_problem, temporal_order
+from clipping_lib.lab.training import TanhRNN, task_loss, train_rnn
 from clipping_lib.strategies import NoClip, NormClip, ValueClip
-from clipping_lib.tasks import adding_problem, temporal_order
-from clipping_lib.training import TanhRNN, task_loss, train_rnn
 
 SMALL = {"lr": 0.1, "hidden_size": 8, "batch_size": 16}
 

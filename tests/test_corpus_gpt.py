@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from clipping_lib.corpus import CharCorpus, torch_nn_source
-from clipping_lib.gpt import GPT, GPTConfig
-from clipping_lib.schedules import warmup_cosine
+from clipping_lib.lab.corpus import CharCorpus, torch_nn_source
+from clipping_lib.lab.gpt import GPT, GPTConfig
+from clipping_lib.lab.schedules import warmup_cosine
 
 
 @pytest.fixture(scope="module")

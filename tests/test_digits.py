@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from clipping_lib.digits import (
+from clipping_lib.lab.digits import (
     N_CLASSES,
     SEQUENCE_LENGTH,
     digit_sequences,
     load_digit_images,
     trivial_baseline,
 )
-from clipping_lib.training import train_many
+from clipping_lib.lab.training import train_many
 
 
 @pytest.fixture(scope="module")

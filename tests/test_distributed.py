@@ -17,18 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipping_lib.distributed import (
-    WorkerError,
-    WorkerGroup,
-    accumulation_no_sync,
-    ddp_clip_step,
-    echo,
-    free_port,
-    make_batch,
-    misbehave,
-    sharded_norms,
-    sharded_total_norm,
-)
+from clipping_lib.distributed import sharded_total_norm
+from clipping_lib.lab.parallel import accumulation_no_sync, ddp_clip_step, make_batch, sharded_norms
+from clipping_lib.lab.workers import WorkerError, WorkerGroup, echo, free_port, misbehave
 
 MAX_NORM = 0.2
 TENSOR = torch.arange(5.0)
@@ -191,7 +182,7 @@ def test_an_interrupted_run_leaves_no_stale_answers():
 PARENT = """
 import os, sys, time
 from multiprocessing import forkserver
-from clipping_lib.distributed import WorkerGroup
+from clipping_lib.lab.workers import WorkerGroup
 
 if __name__ == "__main__":
     group = WorkerGroup(2)

@@ -440,7 +440,7 @@ def test_every_step_stays_on_the_gradients_device(make, device):
                          ids=[*ALL_IDS, "ClipMonitor(AutoClip)"])  # fmt: skip
 def test_no_host_sync_in_any_phase(make):
     """The non-finite policy is torch.where and masks: no step copies a value to Python."""
-    from clipping_lib.syncs import CountHostSyncs
+    from clipping_lib.lab.syncs import CountHostSyncs
 
     clipper, p = make(), one_norm_param(torch.float32)
     with CountHostSyncs() as counter:

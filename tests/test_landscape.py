@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipping_lib.landscape import (
+from clipping_lib.lab.landscape import (
     descent_path,
     final_state,
     loss_and_gradient,
@@ -134,7 +134,7 @@ def test_bad_input_is_refused_with_the_argument_named():
 
 
 def test_unstable_fixed_point_slope_and_edge():
-    from clipping_lib.landscape import edge_bias, final_state, fixed_point_slope
+    from clipping_lib.lab.landscape import edge_bias, final_state, fixed_point_slope
 
     assert math.isclose(fixed_point_slope(1.0), 0.2350037122015945, rel_tol=1e-12)
     w = torch.tensor(5.0, dtype=torch.float64)
@@ -144,7 +144,7 @@ def test_unstable_fixed_point_slope_and_edge():
 
 @pytest.mark.parametrize("w", [5.0, 6.0, 7.0])
 def test_wall_width_is_lambda_to_the_minus_50(w):
-    from clipping_lib.landscape import edge_bias, predicted_wall_width
+    from clipping_lib.lab.landscape import edge_bias, predicted_wall_width
 
     width = predicted_wall_width(w)
     b = edge_bias(w) + width * torch.linspace(-300, 300, 6001, dtype=torch.float64)
@@ -157,7 +157,7 @@ def test_wall_width_is_lambda_to_the_minus_50(w):
 
 
 def test_hessian_norms_match_forward_mode_gradient_and_autograd():
-    from clipping_lib.landscape import gradient_and_hessian_norms
+    from clipping_lib.lab.landscape import gradient_and_hessian_norms
 
     w = torch.linspace(2, 8, 7, dtype=torch.float64)[None, :]
     b = torch.linspace(-6, 0, 5, dtype=torch.float64)[:, None]

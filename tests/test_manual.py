@@ -1,4 +1,4 @@
-"""The hand-written clipping of clipping_lib.manual against torch.nn.utils."""
+"""The hand-written clipping of clipping_lib.lab.manual against torch.nn.utils."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipping_lib.clip import get_total_norm
-from clipping_lib.manual import (
+from clipping_lib.lab.manual import (
     naive_clip_grad_norm_,
     naive_clip_grad_value_,
     vectorized_clip_grad_norm_,
 )
-from clipping_lib.syncs import CountHostSyncs
+from clipping_lib.lab.syncs import CountHostSyncs
 
 SHAPES = [(8, 4), (4,), (16, 8), (8,), (1, 8), (1,)]
 

@@ -1,11 +1,11 @@
-"""clipping_lib.models.RNN against a hand-written loop, torch.nn.RNN and autograd Jacobians."""
+"""clipping_lib.lab.models.RNN against a hand-written loop, torch.nn.RNN and autograd Jacobians."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from clipping_lib.models import RNN
+from clipping_lib.lab.models import RNN
 
 
 def reference_states(model: RNN, x: torch.Tensor, h0: torch.Tensor) -> list[torch.Tensor]:

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
 
-from clipping_lib.monitor import ClipMonitor, NormHistory, plot_norm_history
+from clipping_lib.lab.plots import plot_norm_history
+from clipping_lib.monitor import ClipMonitor, NormHistory
 from clipping_lib.strategies import ClipStep, NoClip, NormClip
 
 

@@ -1,4 +1,4 @@
-"""clipping_lib.noise: the clipping bias and heavy-tail claims of notebook 06."""
+"""clipping_lib.lab.noise: the clipping bias and heavy-tail claims of notebook 06."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from clipping_lib.noise import (
+from clipping_lib.lab.noise import (
     NOISES,
     clipped_sgd,
     clipping_fixed_point,

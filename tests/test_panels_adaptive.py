@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipping_lib.adaptive import AutoClip, ZClip
-from clipping_lib.panels.adaptive import (
+from clipping_lib.lab.panels.adaptive import (
     METHODS,
     PANELS,
     autoclip_thresholds,
@@ -88,11 +88,11 @@ def test_panel_switches_methods_and_parameters():
 
 
 def test_plot_comparison_draws_survivors_as_curves_and_divergences_as_crosses():
-    from clipping_lib.compare import compare_methods
-    from clipping_lib.panels.adaptive import plot_comparison, plot_norm_distribution
-    from clipping_lib.plots import new_figure
+    from clipping_lib.lab.compare import compare_methods
+    from clipping_lib.lab.panels.adaptive import plot_comparison, plot_norm_distribution
+    from clipping_lib.lab.plots import new_figure
+    from clipping_lib.lab.tasks import adding_problem
     from clipping_lib.strategies import NoClip, NormClip
-    from clipping_lib.tasks import adding_problem
 
     comparison = compare_methods(
         lambda seed: adding_problem(20 * 8, 5, seed=seed),

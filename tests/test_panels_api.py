@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipping_lib.panels import api
+from clipping_lib.lab.panels import api
 
 
 def test_clip_report_matches_torch_and_shows_the_eps_shortfall():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipping_lib.panels.at_scale import (
+from clipping_lib.lab.panels.at_scale import (
     OUTLIERS,
     PANELS,
     example_gradients,
@@ -45,8 +45,8 @@ def test_panel_moves_with_the_slider():
 def test_dtensor_norm_of_one_gradient_is_partial_until_full_tensor():
     # Notebook 08's claim: .item() of one DTensor gradient's norm is this rank's part;
     # .full_tensor() is the true norm; the total over a list is already reduced.
-    from clipping_lib.distributed import WorkerGroup
-    from clipping_lib.panels.at_scale_workers import dtensor_norm_logging
+    from clipping_lib.lab.panels.at_scale_workers import dtensor_norm_logging
+    from clipping_lib.lab.workers import WorkerGroup
 
     with WorkerGroup(2, timeout=60) as group:
         ranks = group.run(dtensor_norm_logging)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipping_lib.noise import clipping_fixed_point, expected_clipped_gradient
-from clipping_lib.panels.bias import PANELS, X_RANGE, bias_panel, bias_profile
+from clipping_lib.lab.noise import clipping_fixed_point, expected_clipped_gradient
+from clipping_lib.lab.panels.bias import PANELS, X_RANGE, bias_panel, bias_profile
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "pareto"])

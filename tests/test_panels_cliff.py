@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipping_lib.landscape import descent_path, loss_surface
-from clipping_lib.panels.cliff import PANELS, cliff_panel, paths
+from clipping_lib.lab.landscape import descent_path, loss_surface
+from clipping_lib.lab.panels.cliff import PANELS, cliff_panel, paths
 
 
 @pytest.fixture(scope="module")

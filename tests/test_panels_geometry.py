@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from clipping_lib.panels import geometry
-from clipping_lib.plots import figure_to_png, freeze_static_artists, new_figure
+from clipping_lib.lab.panels import geometry
+from clipping_lib.lab.plots import figure_to_png, freeze_static_artists, new_figure
 
 
 @settings(max_examples=60, deadline=None)

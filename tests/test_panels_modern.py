@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipping_lib.panels.modern import modern_panel, run_curves
-from clipping_lib.sweep import SWEEP_PATH, load_sweep
+from clipping_lib.lab.panels.modern import modern_panel, run_curves
+from clipping_lib.lab.sweep import SWEEP_PATH, load_sweep
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from clipping_lib.models import RNN
-from clipping_lib.panels import spectral
-from clipping_lib.spectral import STRUCTURES, bptt_gradient_norms, recurrent_matrix
+from clipping_lib.lab.models import RNN
+from clipping_lib.lab.panels import spectral
+from clipping_lib.lab.spectral import STRUCTURES, bptt_gradient_norms, recurrent_matrix
 
 
 @pytest.mark.parametrize("structure", ["orthogonal", "symmetric"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipping_lib.panels.tools import PANELS, clipnorm_panel
+from clipping_lib.lab.panels.tools import PANELS, clipnorm_panel
 
 
 def test_clip_order_panel_moves_with_both_sliders():

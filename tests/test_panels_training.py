@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from clipping_lib.panels import training as panel_module
-from clipping_lib.panels.training import (
+from clipping_lib.lab.panels import training as panel_module
+from clipping_lib.lab.panels.training import (
     describe,
     make_grid,
     median_step_length,
@@ -17,7 +17,7 @@ from clipping_lib.panels.training import (
     stability_map_figure,
     training_panel,
 )
-from clipping_lib.plots import new_figure
+from clipping_lib.lab.plots import new_figure
 
 
 @pytest.fixture(scope="module")

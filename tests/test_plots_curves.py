@@ -4,7 +4,7 @@ import matplotlib.colors as mcolors
 import numpy as np
 import pytest
 
-from clipping_lib.plots import COLORS, new_figure, plot_curves
+from clipping_lib.lab.plots import COLORS, new_figure, plot_curves
 
 
 def test_one_line_per_curve_with_the_idea_colours_and_a_reference_level():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clipping_lib.lab.syncs import CountHostSyncs
 from clipping_lib.skip_step import SkipStep, skip_decision
-from clipping_lib.syncs import CountHostSyncs
 
 
 def test_waits_for_history_then_skips_an_outlier_norm():

@@ -1,4 +1,4 @@
-"""clipping_lib.smoothness: the (L0, L1) fit, trajectory smoothness, notebook 06's x^4 claims."""
+"""clipping_lib.lab.smoothness: the (L0, L1) fit, smoothness along a run, 06's x^4 claims."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipping_lib.smoothness import (
+from clipping_lib.lab.smoothness import (
     QUARTIC_L0_L1,
     descent_1d,
     fit_l0_l1,

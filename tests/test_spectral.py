@@ -1,4 +1,4 @@
-"""clipping_lib.spectral against direct computations, and the claims notebook 02 makes."""
+"""clipping_lib.lab.spectral against direct computations, and the claims notebook 02 makes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipping_lib.models import RNN
-from clipping_lib.spectral import (
+from clipping_lib.lab.models import RNN
+from clipping_lib.lab.spectral import (
     STRUCTURES,
     bptt_gradient_norms,
     fitted_growth_rate,
@@ -24,7 +24,7 @@ from clipping_lib.spectral import (
     truncated_weight_gradient,
     weight_gradient_terms,
 )
-from clipping_lib.threads import single_thread
+from clipping_lib.lab.threads import single_thread
 
 
 @settings(max_examples=40, deadline=None)

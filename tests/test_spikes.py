@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipping_lib.spikes import spiky_adding_task, with_target_spikes
-from clipping_lib.tasks import adding_problem, temporal_order
+from clipping_lib.lab.spikes import spiky_adding_task, with_target_spikes
+from clipping_lib.lab.tasks import adding_problem, temporal_order
 
 
 def test_outliers_only_in_the_spike_batches():

@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from clipping_lib.adam_trace import adamw_updates, trace_adamw
 from clipping_lib.adaptive import AutoClip, ZClip
-from clipping_lib.corpus import CharCorpus
-from clipping_lib.gpt import GPT, GPTConfig
-from clipping_lib.schedules import warmup_cosine
-from clipping_lib.skip_step import SkipStep
-from clipping_lib.strategies import NoClip, NormClip
-from clipping_lib.sweep import (
+from clipping_lib.lab.adam_trace import adamw_updates, trace_adamw
+from clipping_lib.lab.corpus import CharCorpus
+from clipping_lib.lab.gpt import GPT, GPTConfig
+from clipping_lib.lab.schedules import warmup_cosine
+from clipping_lib.lab.sweep import (
     METHODS,
     SWEEP_CONFIG,
     SWEEP_LRS,
@@ -25,7 +23,9 @@ from clipping_lib.sweep import (
     load_sweep,
     train_runs,
 )
-from clipping_lib.threads import single_thread
+from clipping_lib.lab.threads import single_thread
+from clipping_lib.skip_step import SkipStep
+from clipping_lib.strategies import NoClip, NormClip
 
 SMALL = SweepConfig(
     width=16, layers=1, heads=2, context=16, batch_size=4, steps=30, warmup=4,

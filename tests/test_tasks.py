@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipping_lib.tasks import (
+from clipping_lib.lab.tasks import (
     ADDING_BASELINE_MSE,
     TEMPORAL_ORDER_CHANCE_CE,
     adding_problem,

@@ -7,9 +7,9 @@ import base64
 import ipywidgets as widgets
 import pytest
 
-from clipping_lib.plots import figure_to_png, new_figure
-from clipping_lib.timing import compare, medians
-from clipping_lib.widgets import SliderPanel
+from clipping_lib.lab.plots import figure_to_png, new_figure
+from clipping_lib.lab.timing import compare, medians
+from clipping_lib.lab.widgets import SliderPanel
 
 
 def test_compare_interleaves_and_uses_fresh_inputs():

@@ -1,4 +1,4 @@
-"""clipping_lib.tools_check: the helpers notebook 10 compares tools with."""
+"""clipping_lib.lab.tools_check: the helpers notebook 10 compares tools with."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clipping_lib import clip_by_norm, clip_grad_norm_
-from clipping_lib.tools_check import (
+from clipping_lib.lab.tools_check import (
     applied_gradient,
     clipnorm_view,
     flat,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from clipping_lib.lab.tasks import adding_problem, temporal_order
+from clipping_lib.lab.threads import single_thread
+from clipping_lib.lab.training import TanhRNN, train_grid, train_many, train_rnn
 from clipping_lib.strategies import NoClip, NormClip, ValueClip
-from clipping_lib.tasks import adding_problem, temporal_order
-from clipping_lib.threads import single_thread
-from clipping_lib.training import TanhRNN, train_grid, train_many, train_rnn
 
 SMALL = {"hidden_size": 8, "batch_size": 16}
 

@@ -8,7 +8,7 @@ One model, :class:`RNN`, covers the cases the course needs:
 
 with :math:`\varphi` the identity (``"linear"``) or :math:`\tanh` (``"tanh"``). Unlike
 ``torch.nn.RNN``, the recurrent matrix is one plain parameter ``W`` that you can read,
-set to a matrix with a chosen spectral radius (see :mod:`clipping_lib.spectral`) and
+set to a matrix with a chosen spectral radius (see :mod:`clipping_lib.lab.spectral`) and
 differentiate through. A single-unit network is ``hidden_size=1``.
 
 Backpropagation through time multiplies the state Jacobians

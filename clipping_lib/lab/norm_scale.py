@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from clipping_lib._checks import check_int
-from clipping_lib.corpus import CharCorpus
-from clipping_lib.gpt import GPT, GPTConfig
-from clipping_lib.threads import single_thread
+from clipping_lib.lab.corpus import CharCorpus
+from clipping_lib.lab.gpt import GPT, GPTConfig
+from clipping_lib.lab.threads import single_thread
 
 __all__ = ["gradient_norms"]
 

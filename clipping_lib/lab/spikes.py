@@ -2,7 +2,7 @@ r"""Gradient spikes on demand: a sequence task whose mini-batches now and then c
 
 Large models see sudden gradient spikes, often from a few bad examples in one batch.
 :func:`with_target_spikes` reproduces that in a small seeded task: it takes a
-:class:`~clipping_lib.tasks.SequenceTask` with one fresh mini-batch per training step,
+:class:`~clipping_lib.lab.tasks.SequenceTask` with one fresh mini-batch per training step,
 picks ``n_spikes`` steps at or after ``first_step``, and multiplies the targets of
 ``bad_examples`` examples of each of those batches by ``scale``. With a mean squared
 error the gradient of those examples grows about ``scale``-fold, so the norm of the
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from clipping_lib._checks import check_int, check_threshold
-from clipping_lib.tasks import SequenceTask, adding_problem
+from clipping_lib.lab.tasks import SequenceTask, adding_problem
 
 __all__ = ["spiky_adding_task", "with_target_spikes"]
 

@@ -3,7 +3,7 @@ r"""Panel for notebook 06: where clipped SGD settles on :math:`x^2/2` under nois
 For the chosen noise and threshold :math:`c`, the panel draws the expected clipped
 gradient :math:`F(x) = \mathbb{E}[\mathrm{clip}_c(x + \xi)]` next to the true gradient
 :math:`x`, and marks the point :math:`x_c` where :math:`F` vanishes: small-step clipped
-SGD settles there (:mod:`clipping_lib.noise`). Symmetric noise keeps :math:`x_c = 0`;
+SGD settles there (:mod:`clipping_lib.lab.noise`). Symmetric noise keeps :math:`x_c = 0`;
 skewed noise moves it, the more the smaller :math:`c`.
 
 :func:`bias_profile` is the pure computation the panel draws.
@@ -18,9 +18,9 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
-from clipping_lib.noise import NOISES, clipping_fixed_point, expected_clipped_gradient
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.widgets import SliderPanel
+from clipping_lib.lab.noise import NOISES, clipping_fixed_point, expected_clipped_gradient
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
+from clipping_lib.lab.widgets import SliderPanel
 
 X_RANGE = (-3.0, 3.0)
 CURVE_POINTS = 31

@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from matplotlib.patches import Circle
 
-from clipping_lib.models import NONLINEARITIES
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.spectral import (
+from clipping_lib.lab.models import NONLINEARITIES
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
+from clipping_lib.lab.spectral import (
     STRUCTURES,
     fitted_growth_rate,
     largest_singular_value,
     recurrent_matrix,
 )
-from clipping_lib.threads import single_thread
-from clipping_lib.widgets import SliderPanel
+from clipping_lib.lab.threads import single_thread
+from clipping_lib.lab.widgets import SliderPanel
 
 MAX_STEPS = 200
 BURN_IN = 100  # steps run before the measured window, so a tanh state has settled
@@ -61,7 +61,7 @@ def _recurrent_gradient_norms(
     r""":math:`\lVert\partial L/\partial h_{T-k}\rVert`, ``k = 0..T``, for :math:`L = v^\top h_T`.
 
     The explicit BPTT recursion :math:`g_{t-1} = W^\top(\varphi'(a_t) \odot g_t)`, which is
-    what autograd computes for :func:`clipping_lib.spectral.bptt_gradient_norms` (the
+    what autograd computes for :func:`clipping_lib.lab.spectral.bptt_gradient_norms` (the
     tests check they agree); in NumPy it costs a few microseconds per step, so a slider
     move stays fast. ``drive`` holds :math:`U x_t` for each step, shape ``(T, n)``.
     """
@@ -100,7 +100,7 @@ def gradient_profile(
     Gaussian times ``input_scale`` (seeded); the state starts at
     :math:`\mathcal N(0, 0.1^2)` per unit and, for tanh, runs ``BURN_IN`` steps before
     the ``steps`` measured ones. The loss is :math:`v^\top h_T`, :math:`v` all ones
-    normalised, as in :func:`clipping_lib.spectral.bptt_gradient_norms`.
+    normalised, as in :func:`clipping_lib.lab.spectral.bptt_gradient_norms`.
     """
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")

@@ -1,13 +1,13 @@
 r"""Panel for notebook 05: training curves of a tanh RNN for a chosen lr, threshold and method.
 
 Every (learning rate, threshold) pair of one sequence length and one clipping method is
-trained at once by :func:`make_grid` (a batched :func:`~clipping_lib.training.train_grid`
+trained at once by :func:`make_grid` (a batched :func:`~clipping_lib.lab.training.train_grid`
 call, a few seconds); the panel keeps each grid it has computed, so moving the learning
 rate or threshold slider only picks a stored run and redraws. A length or method not yet
 seen costs one grid the first time.
 
-The runs: the adding problem (:func:`~clipping_lib.tasks.adding_problem`, 4096 seeded
-sequences), a :class:`~clipping_lib.training.TanhRNN` with 32 hidden units, plain SGD on
+The runs: the adding problem (:func:`~clipping_lib.lab.tasks.adding_problem`, 4096 seeded
+sequences), a :class:`~clipping_lib.lab.training.TanhRNN` with 32 hidden units, plain SGD on
 mini-batches of 32, ``GRID_STEPS`` steps, the same initial weights and batches in every run.
 
 The notebook's static figures live here too, so the lesson shows one call, not the
@@ -26,10 +26,10 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.tasks import ADDING_BASELINE_MSE, adding_problem
-from clipping_lib.training import GridResult, TrainingHistory, train_grid
-from clipping_lib.widgets import SliderPanel
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
+from clipping_lib.lab.tasks import ADDING_BASELINE_MSE, adding_problem
+from clipping_lib.lab.training import GridResult, TrainingHistory, train_grid
+from clipping_lib.lab.widgets import SliderPanel
 
 LEARNING_RATES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 THRESHOLDS = (0.03, 0.1, 0.3, 1.0, 3.0)

@@ -11,7 +11,7 @@ Notebook 10's bug gallery shows each bug in a few lines; what it needs beyond
   (``nn.Embedding(sparse=True)``), which ``clip_grad_norm_`` refuses on every foreach
   path (pytorch/tutorials#2245).
 * :func:`pipeline_stage_clip` and :func:`dtensor_norm_item`: experiments for a
-  :class:`~clipping_lib.distributed.WorkerGroup` of two gloo processes. The first splits
+  :class:`~clipping_lib.lab.workers.WorkerGroup` of two gloo processes. The first splits
   a model into two pipeline stages, one per process, and clips each stage by its own
   norm (wrong) or by the norm of both (right) (pytorch/torchtitan#596). The second reads
   norms of FSDP2 gradients with ``.item()``, which gives the local shard's value while
@@ -27,12 +27,8 @@ from torch import Tensor, nn
 
 from clipping_lib._checks import as_tensor_list, check_eps, check_norm_type, check_threshold
 from clipping_lib.clip import clip_grads_with_norm_, get_total_norm
-from clipping_lib.distributed import (
-    clip_sharded_grads_,
-    fully_sharded_model,
-    make_batch,
-    make_model,
-)
+from clipping_lib.distributed import clip_sharded_grads_
+from clipping_lib.lab.parallel import fully_sharded_model, make_batch, make_model
 
 __all__ = [
     "clip_grad_norm_with_sparse_",
@@ -120,7 +116,7 @@ def _full_batch_reference(seed: int, max_norm: float) -> tuple[nn.Module, Tensor
 
 
 def pipeline_stage_clip(max_norm: float = 1.0, seed: int = 0) -> dict[str, Tensor]:
-    """Two pipeline stages of :func:`~clipping_lib.distributed.make_model`, one per rank.
+    """Two pipeline stages of :func:`~clipping_lib.lab.parallel.make_model`, one per rank.
 
     Rank 0 holds ``Linear(8, 32)`` and ``Tanh``, rank 1 ``Linear(32, 4)`` and the loss. The
     activation goes forward with ``send``/``recv``, its gradient comes back the same way,

@@ -40,9 +40,9 @@ from torch.nn import functional as F
 
 from clipping_lib._checks import check_int, check_positive
 from clipping_lib.clip import get_total_norm
+from clipping_lib.lab.tasks import SequenceTask
+from clipping_lib.lab.threads import single_thread
 from clipping_lib.strategies import Clipper, ClipStep
-from clipping_lib.tasks import SequenceTask
-from clipping_lib.threads import single_thread
 
 Method = Literal["none", "norm", "value"]
 METHODS: tuple[str, ...] = ("none", "norm", "value")

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from clipping_lib._checks import check_int
-from clipping_lib.models import RNN
-from clipping_lib.threads import single_thread
+from clipping_lib.lab.models import RNN
+from clipping_lib.lab.threads import single_thread
 
 STRUCTURES = ("gaussian", "orthogonal", "symmetric")
 GATED_CELLS = ("lstm", "gru")
@@ -143,7 +143,7 @@ def bptt_gradient_norms(
     Returns ``(batch, T + 1)``.
     """
     if not isinstance(model, RNN):
-        raise TypeError(f"model must be a clipping_lib.models.RNN, got {type(model).__name__}")
+        raise TypeError(f"model must be a clipping_lib.lab.models.RNN, got {type(model).__name__}")
     n = model.hidden_size
     if direction is None:
         direction = torch.full((n,), 1.0 / math.sqrt(n), dtype=model.W.dtype)
@@ -250,7 +250,7 @@ def weight_gradient_terms(
     Computed explicitly (no autograd), in float64.
     """
     if not isinstance(model, RNN):
-        raise TypeError(f"model must be a clipping_lib.models.RNN, got {type(model).__name__}")
+        raise TypeError(f"model must be a clipping_lib.lab.models.RNN, got {type(model).__name__}")
     n = model.hidden_size
     if direction is None:
         direction = torch.full((n,), 1.0 / math.sqrt(n), dtype=torch.float64)

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from clipping_lib._checks import check_norm_type
 from clipping_lib.clip import clip_grad_norm_, get_total_norm
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.widgets import SliderPanel
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
+from clipping_lib.lab.widgets import SliderPanel
 
 # ---------------------------------------------------------------- 03: norm clipping
 

@@ -27,8 +27,8 @@ from torch import Tensor
 
 from clipping_lib._checks import check_threshold
 from clipping_lib.clip import clip_by_norm, clip_by_value
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.widgets import SliderPanel
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
+from clipping_lib.lab.widgets import SliderPanel
 
 # ------------------------------------------------------------------ 2-D geometry
 

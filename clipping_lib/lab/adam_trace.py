@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from clipping_lib._checks import check_int, check_positive
-from clipping_lib.corpus import CharCorpus
-from clipping_lib.gpt import GPT, GPTConfig
-from clipping_lib.threads import single_thread
+from clipping_lib.lab.corpus import CharCorpus
+from clipping_lib.lab.gpt import GPT, GPTConfig
+from clipping_lib.lab.threads import single_thread
 
 __all__ = ["AdamTrace", "adamw_updates", "trace_adamw"]
 

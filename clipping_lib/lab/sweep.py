@@ -7,7 +7,7 @@ the summed losses gives every run its own gradient (a run's loss depends on its 
 weights only). The optimizer and the clipping rules are written on the stacked tensors:
 
 * AdamW exactly as ``torch.optim.AdamW`` computes it, with a peak learning rate per run
-  and the warm-up + cosine schedule of :func:`~clipping_lib.schedules.warmup_cosine`;
+  and the warm-up + cosine schedule of :func:`~clipping_lib.lab.schedules.warmup_cosine`;
 * per run, one clipping method of :data:`METHODS`: ``"none"``; ``"clip 1.0"``
   (``clip_grad_norm_(..., 1.0)``); ``"zclip"`` and ``"autoclip"``, the rules of
   :class:`~clipping_lib.adaptive.ZClip` and :class:`~clipping_lib.adaptive.AutoClip`;
@@ -35,11 +35,11 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
-from clipping_lib.corpus import CharCorpus
-from clipping_lib.gpt import GPT, GPTConfig
-from clipping_lib.schedules import warmup_cosine
+from clipping_lib.lab.corpus import CharCorpus
+from clipping_lib.lab.gpt import GPT, GPTConfig
+from clipping_lib.lab.schedules import warmup_cosine
+from clipping_lib.lab.threads import single_thread
 from clipping_lib.skip_step import skip_decision
-from clipping_lib.threads import single_thread
 
 __all__ = [
     "METHODS",

@@ -1,9 +1,9 @@
 r"""Panel for notebook 09: the tiny-GPT sweep, one run at a time.
 
-The sweep (:func:`clipping_lib.sweep.build_sweep`, every learning rate x clipping method
-x seed of :data:`~clipping_lib.sweep.SWEEP_LRS`, :data:`~clipping_lib.sweep.METHODS`,
-:data:`~clipping_lib.sweep.SWEEP_SEEDS`) takes minutes, so it is cached in
-:data:`~clipping_lib.sweep.SWEEP_PATH`; the panel only picks the chosen run and the
+The sweep (:func:`clipping_lib.lab.sweep.build_sweep`, every learning rate x clipping method
+x seed of :data:`~clipping_lib.lab.sweep.SWEEP_LRS`, :data:`~clipping_lib.lab.sweep.METHODS`,
+:data:`~clipping_lib.lab.sweep.SWEEP_SEEDS`) takes minutes, so it is cached in
+:data:`~clipping_lib.lab.sweep.SWEEP_PATH`; the panel only picks the chosen run and the
 unclipped run with the same learning rate and seed, and moves their loss and gradient-norm
 curves. :func:`run_curves` is the pure part: settings in, curves and a readout out.
 """
@@ -16,9 +16,9 @@ from collections.abc import Callable
 import ipywidgets as widgets
 import numpy as np
 
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.sweep import METHODS, SWEEP_PATH, SweepResult, load_sweep
-from clipping_lib.widgets import SliderPanel
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
+from clipping_lib.lab.sweep import METHODS, SWEEP_PATH, SweepResult, load_sweep
+from clipping_lib.lab.widgets import SliderPanel
 
 _LOSS_LIMITS = (2.0, 40.0)
 _LOSS_TICKS = (2, 3, 5, 10, 20, 40)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from clipping_lib._checks import check_int, check_positive
-from clipping_lib.threads import single_thread
+from clipping_lib.lab.threads import single_thread
 
 NOISES = ("gaussian", "exponential", "pareto")
 PARETO_ALPHA = 1.5

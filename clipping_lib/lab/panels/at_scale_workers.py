@@ -1,6 +1,6 @@
 r"""Notebook 08's experiment on logging the norm of FSDP2 (DTensor) gradients.
 
-It runs inside :class:`clipping_lib.distributed.WorkerGroup` workers, so it lives apart
+It runs inside :class:`clipping_lib.lab.workers.WorkerGroup` workers, so it lives apart
 from the panel module (workers need no widgets). A norm of DTensors is itself a
 DTensor. Over a list of gradients, ``torch.nn.utils.get_total_norm`` and
 ``clip_grad_norm_`` (PyTorch 2.13) return it ``Replicate()``-d: reduced, the same on
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from clipping_lib.distributed import fully_sharded_model, make_batch, make_model
+from clipping_lib.lab.parallel import fully_sharded_model, make_batch, make_model
 
 
 def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from clipping_lib._checks import check_int, check_threshold
 from clipping_lib.clip import clip_by_norm, clip_by_value
-from clipping_lib.threads import single_thread
+from clipping_lib.lab.threads import single_thread
 
 STEPS = 50
 X0 = 0.5

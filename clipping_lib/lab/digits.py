@@ -7,7 +7,7 @@ package, with no download. Read row by row, each image becomes a sequence of
 state: the small cousin of pixel-by-pixel MNIST (784 steps), the long-memory benchmark of
 Le, Jaitly and Hinton (2015).
 
-:func:`digit_sequences` returns a train and a held-out :class:`~clipping_lib.tasks.SequenceTask`
+:func:`digit_sequences` returns a train and a held-out :class:`~clipping_lib.lab.tasks.SequenceTask`
 split per class with a seeded permutation (the same split on every machine), the training
 set shuffled once so that consecutive mini-batches mix the classes.
 :func:`trivial_baseline` gives what a model that ignores the pixels scores on the held-out
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipping_lib.tasks import SequenceTask
+from clipping_lib.lab.tasks import SequenceTask
 
 N_CLASSES = 10
 IMAGE_SIDE = 8

@@ -2,7 +2,7 @@ r"""Panel for notebook 07: threshold rules replayed on a recorded gradient-norm 
 
 The panel takes the global gradient norms of one seeded training run (the first
 :data:`WATCH` steps on the spiky adding problem of
-:func:`clipping_lib.spikes.spiky_adding_task`, trained with fixed norm clipping at 1) and
+:func:`clipping_lib.lab.spikes.spiky_adding_task`, trained with fixed norm clipping at 1) and
 shows, for the rule and parameters chosen, the threshold at every step and
 the steps it would clip. It *replays* the rules on fixed norms: it shows what each rule
 decides, not how training would change afterwards (the notebook's comparison runs do).
@@ -29,13 +29,13 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.axes import Axes
 
-from clipping_lib.compare import Comparison
-from clipping_lib.monitor import NormHistory, plot_norm_history
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.spikes import spiky_adding_task
+from clipping_lib.lab.compare import Comparison
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure, plot_norm_history
+from clipping_lib.lab.spikes import spiky_adding_task
+from clipping_lib.lab.training import train_rnn
+from clipping_lib.lab.widgets import SliderPanel
+from clipping_lib.monitor import NormHistory
 from clipping_lib.strategies import NormClip
-from clipping_lib.training import train_rnn
-from clipping_lib.widgets import SliderPanel
 
 METHODS = ("fixed", "AutoClip", "ZClip")
 RUN = {"lr": 0.1, "hidden_size": 16, "batch_size": 32}  # notebook 07's model and plain SGD

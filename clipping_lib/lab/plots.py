@@ -6,9 +6,12 @@ import io
 
 import numpy as np
 from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+
+from clipping_lib.monitor import NormHistory
 
 # One colour per idea, used by every notebook so a learner reads plots at a glance.
 COLORS = {
@@ -57,7 +60,7 @@ class _StaticPixels(Artist):
         if size != self._rgba.shape[:2]:
             raise RuntimeError(
                 "this figure's static artists were frozen into pixels at its own dpi; "
-                "render it with clipping_lib.plots.figure_to_png, not at another size or format"
+                "render it with clipping_lib.lab.plots.figure_to_png, not at another size or format"
             )
         gc = renderer.new_gc()
         renderer.draw_image(gc, 0, 0, self._rgba)
@@ -120,3 +123,44 @@ def plot_curves(
     ax.set(**{"xlabel": "step", **axis_settings})
     if legend:
         ax.legend(loc=legend, fontsize="small")
+
+
+def plot_norm_history(
+    ax: Axes,
+    history: NormHistory,
+    *,
+    label: str = "norm before clipping",
+    color: str = COLORS["original"],
+    spikes: bool = False,
+) -> dict:
+    """Draw the norm per step (log scale), the threshold, and the clipped steps.
+
+    Returns the artists by name (``"norm"``, ``"threshold"``, ``"clipped"`` and, with
+    ``spikes=True``, ``"spikes"``) so a panel can move them with ``set_data``.
+    """
+    steps = np.arange(len(history))
+    finite = np.where(np.isfinite(history.threshold), history.threshold, np.nan)
+    artists = {
+        "norm": ax.plot(steps, history.norm, color=color, lw=1.0, label=label)[0],
+        "threshold": ax.plot(
+            steps, finite, color=COLORS["threshold"], lw=1.5, ls="--", label="threshold"
+        )[0],
+        "clipped": ax.plot(
+            steps[history.clipped],
+            history.norm[history.clipped],
+            ls="none",
+            marker="o",
+            ms=3,
+            color=COLORS["norm"],
+            label=f"clipped ({history.clip_rate:.0%} of steps)",
+        )[0],
+    }
+    if spikes:
+        index = history.spikes()
+        artists["spikes"] = ax.plot(
+            index, history.norm[index], ls="none", marker="^", ms=7, mfc="none",
+            color=COLORS["diverged"], label="spike (> 5x recent median)",
+        )[0]  # fmt: skip
+    ax.set(yscale="log", xlabel="step", ylabel="global gradient norm")
+    ax.legend(loc="upper right", fontsize="small")
+    return artists

@@ -3,11 +3,11 @@ r"""Panels for notebook 10: clipping before ``unscale_``, and per-variable again
 * :func:`clip_order_panel`: the loss scale :math:`s` and the threshold :math:`c`; the norm
   the optimizer gets when clipping follows ``unscale_`` (:math:`\min(n, c)`) and when it
   precedes it (:math:`\min(n, c/s)`), for every true gradient norm :math:`n`. The pure
-  computation is :func:`clipping_lib.bugs.clip_order_norms`.
+  computation is :func:`clipping_lib.lab.bugs.clip_order_norms`.
 * :func:`clipnorm_panel`: the threshold :math:`c` against one model's per-variable
   gradient norms: total norm and direction after Keras-style ``clipnorm`` (each
   variable alone) and after global clipping. The pure computation is
-  :func:`clipping_lib.tools_check.clipnorm_view`.
+  :func:`clipping_lib.lab.tools_check.clipnorm_view`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 import ipywidgets as widgets
 import numpy as np
 
-from clipping_lib.bugs import clip_order_norms
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.tools_check import clipnorm_view
-from clipping_lib.widgets import SliderPanel
+from clipping_lib.lab.bugs import clip_order_norms
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
+from clipping_lib.lab.tools_check import clipnorm_view
+from clipping_lib.lab.widgets import SliderPanel
 
 TRUE_NORMS = np.geomspace(1e-7, 1e3, 201)
 

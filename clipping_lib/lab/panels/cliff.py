@@ -1,6 +1,6 @@
 r"""Panel for notebook 06: descent paths on Pascanu et al.'s cliff, with and without clipping.
 
-The loss surface of :mod:`clipping_lib.landscape` is computed once, on a fixed grid, when
+The loss surface of :mod:`clipping_lib.lab.landscape` is computed once, on a fixed grid, when
 the panel is built; each slider move only runs two descent paths of ``PATH_STEPS`` steps
 (Python floats, a few milliseconds) and moves their lines.
 """
@@ -12,9 +12,9 @@ from collections.abc import Callable
 import ipywidgets as widgets
 import torch
 
-from clipping_lib.landscape import DescentPath, Surface, descent_path, loss_surface
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.widgets import SliderPanel
+from clipping_lib.lab.landscape import DescentPath, Surface, descent_path, loss_surface
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
+from clipping_lib.lab.widgets import SliderPanel
 
 W_RANGE = (1.0, 9.0)
 B_RANGE = (-7.0, 1.0)

@@ -2,7 +2,7 @@
 
 A panel is three things the notebooks and tests can use apart:
 
-* a **pure function** (parameters in, data out) that lives in a ``clipping_lib.panels``
+* a **pure function** (parameters in, data out) that lives in a ``clipping_lib.lab.panels``
   module and is unit-tested on its own;
 * a ``draw(**values)`` callback that moves the artists of one long-lived figure to show
   that data (updating artists in place is much faster than building a new figure);
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
-from clipping_lib.plots import figure_to_png
+from clipping_lib.lab.plots import figure_to_png
 
 
 class SliderPanel(widgets.HBox):

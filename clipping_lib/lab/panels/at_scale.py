@@ -1,6 +1,6 @@
 r"""Panel for notebook 08: per-sample clipping (DP-SGD) against batch clipping.
 
-The batch of :func:`clipping_lib.distributed.make_batch` has four outlier examples
+The batch of :func:`clipping_lib.lab.parallel.make_batch` has four outlier examples
 (targets x 20) among 32. Batch clipping rescales the mean gradient, so its direction is
 the outliers' whatever the threshold; per-sample clipping bounds every example's
 gradient by :math:`C` before averaging, which moves the update back towards the
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from clipping_lib._checks import check_threshold
-from clipping_lib.distributed import make_batch, make_model
+from clipping_lib.lab.parallel import make_batch, make_model
+from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
+from clipping_lib.lab.widgets import SliderPanel
 from clipping_lib.per_sample import per_sample_grads
-from clipping_lib.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.widgets import SliderPanel
 
 OUTLIERS = slice(28, 32)  # make_batch(32): the last eighth are the outliers
 

@@ -1,6 +1,6 @@
 r"""Clipping methods compared over several seeds, trained at once: who ends lower, by how much.
 
-:func:`train_together` trains ``M`` tanh RNNs (:class:`~clipping_lib.training.TanhRNN`)
+:func:`train_together` trains ``M`` tanh RNNs (:class:`~clipping_lib.lab.training.TanhRNN`)
 as one stacked program: weights of shape ``(M, ...)``, batched matrix products and
 backpropagation through time written out for all runs at once. Run ``i`` has its own
 task, initial weights (``seeds[i]``) and clipper, given as the library's own object
@@ -29,10 +29,10 @@ from torch.nn import functional as F
 
 from clipping_lib._checks import check_int, check_positive
 from clipping_lib.adaptive import AGC, AutoClip, ZClip
+from clipping_lib.lab.tasks import SequenceTask
+from clipping_lib.lab.threads import single_thread
+from clipping_lib.lab.training import TanhRNN, TrainingHistory
 from clipping_lib.strategies import Clipper, ClipStep, NoClip, NormClip
-from clipping_lib.tasks import SequenceTask
-from clipping_lib.threads import single_thread
-from clipping_lib.training import TanhRNN, TrainingHistory
 
 __all__ = ["Comparison", "ExceptReadout", "compare_methods", "train_together"]
 
