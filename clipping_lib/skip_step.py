@@ -17,7 +17,8 @@ moment updates included, by a 0/1 step factor, so the decision costs no host syn
 
 :class:`SkipStep` decides; it does not step. With ``torch.optim`` write
 ``if not skip: optimizer.step()`` (one host sync per step), or pass the decision as a
-0/1 factor to an optimizer that takes one, as the course's learning-rate sweep (``lab/sweep.py``) does.
+0/1 factor to an optimizer that takes one, as the course's learning-rate sweep
+(``lab/sweep.py``) does.
 """
 
 from __future__ import annotations
