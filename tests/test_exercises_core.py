@@ -82,7 +82,7 @@ def test_a_correct_answer_passes(capsys):
 
 
 def test_a_reference_that_fails_is_the_course_bug():
-    broken = Exercise("broken", always_scales, [same_value], verified="x")
+    broken = Exercise("broken", in_place, [input_untouched], verified="x")
     with pytest.raises(AssertionError, match="reference fails"):
         broken.check(None)
 
