@@ -91,3 +91,95 @@ def test_readme_course_map_lists_every_notebook():
     readme = README.read_text()
     missing = [p.name for p in NOTEBOOKS if f"(notebooks/{p.name})" not in readme]
     assert not missing, f"README's course map does not link {missing}"
+
+
+MAX_CELL_LINES = 25  # harness and plotting live in clipping_lib.lab, not in a lesson
+MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-f]{6,}")
+EXERCISE_HEADING = re.compile(r"^###\s+Exercise\s+(\d+)\b")
+STUB = re.compile(r"(?m)^\s*(\.\.\.|raise NotImplementedError\b)|=\s*\.\.\.\s*(#.*)?$")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_code_cell_installs_the_library_on_colab_only(path):
+    first = "".join(_code_cells(json.loads(path.read_text()))[0]["source"])
+    assert 'if "google.colab" in sys.modules:' in first, f"{path.name}: no Colab install cell"
+    assert "pip install" in first and "clipping-lib[" in first and "git+https://" in first
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_code_cell_is_a_wall(path):
+    walls = [
+        (i, len("".join(c["source"]).rstrip().splitlines()))
+        for i, c in enumerate(json.loads(path.read_text())["cells"])
+        if c["cell_type"] == "code" and len("".join(c["source"]).rstrip().splitlines()) > 25
+    ]
+    assert not walls, f"{path.name}: (cell, lines) over {MAX_CELL_LINES} lines: {walls}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_nothing_stored_changes_from_run_to_run(path):
+    """No execution timestamps in cell metadata, no memory addresses in outputs."""
+    for index, cell in enumerate(json.loads(path.read_text())["cells"]):
+        assert "execution" not in cell.get("metadata", {}), f"{path.name} cell {index}: timestamps"
+        for output in cell.get("outputs", []):
+            match = MEMORY_ADDRESS.search(json.dumps(output.get("data", output.get("text", ""))))
+            assert not match, f"{path.name} cell {index}: a memory address {match.group()}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_reading_time_is_stated_by_the_rule(path):
+    """The header states the study time that clipping_lib.lab.reading_time's rule gives."""
+    from clipping_lib.lab.reading_time import reading_minutes, stated_minutes
+
+    stated, rule = stated_minutes(path), reading_minutes(path)
+    assert stated is not None, f"{path.name}: the first cell states no '**Reading time:** ...'"
+    assert abs(stated - rule) <= 5, f"{path.name}: states {stated} min, the rule gives {rule}"
+
+
+def _exercises(notebook: dict) -> list[tuple[int, list[dict]]]:
+    """(number, the cells from its heading to the next heading) for each exercise."""
+    cells, found = notebook["cells"], []
+    for index, cell in enumerate(cells):
+        source = "".join(cell["source"])
+        match = EXERCISE_HEADING.match(source) if cell["cell_type"] == "markdown" else None
+        if match:
+            end = next(
+                (
+                    j
+                    for j in range(index + 1, len(cells))
+                    if cells[j]["cell_type"] == "markdown"
+                    and re.match(r"^#{1,3}\s", "".join(cells[j]["source"]))
+                ),
+                len(cells),
+            )
+            found.append((int(match.group(1)), cells[index:end]))
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_exercise_has_statement_stub_check_and_hidden_solution(path):
+    notebook = json.loads(path.read_text())
+    exercises = _exercises(notebook)
+    if path.name.startswith("00_") and not exercises:
+        return
+    assert exercises, f"{path.name}: no '### Exercise N' heading"
+    numbers = [n for n, _ in exercises]
+    assert numbers == list(range(1, len(numbers) + 1)), f"{path.name}: exercises {numbers}"
+    for number, cells in exercises:
+        where = f"{path.name} Exercise {number}"
+        statement = EXERCISE_HEADING.sub("", "".join(cells[0]["source"]), count=1)
+        assert len(re.findall(r"\w+", statement)) >= 15, f"{where}: no statement under the heading"
+        code = [(c, "".join(c["source"])) for c in cells if c["cell_type"] == "code"]
+        kinds = []
+        for cell, source in code:
+            hidden = cell.get("metadata", {}).get("jupyter", {}).get("source_hidden", False)
+            if hidden and ".solution()" in source:
+                kinds.append("solution")
+            elif ".check(" in source:
+                kinds.append("check")
+            elif STUB.search(source) and not hidden:
+                kinds.append("stub")
+        assert kinds[:3] == ["stub", "check", "solution"], (
+            f"{where}: expected a stub cell, a check cell (exN.check(...)) and a hidden "
+            f"solution cell (exN.solution()) in that order, found {kinds}"
+        )
