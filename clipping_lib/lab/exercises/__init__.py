@@ -5,6 +5,6 @@ notebook imports them with ``from clipping_lib.lab.exercises.lesson04 import ex1
 The machinery is in :mod:`clipping_lib.lab.exercises._core`.
 """
 
-from clipping_lib.lab.exercises._core import Exercise, is_stub, tensor_mismatch
+from clipping_lib.lab.exercises._core import Exercise, Verdict, is_stub, tensor_mismatch
 
-__all__ = ["Exercise", "is_stub", "tensor_mismatch"]
+__all__ = ["Exercise", "Verdict", "is_stub", "tensor_mismatch"]

@@ -36,7 +36,7 @@ import torch
 
 Check = Callable[[Any, Any], "str | None"]
 
-__all__ = ["Check", "Exercise", "is_stub", "tensor_mismatch"]
+__all__ = ["Check", "Exercise", "Verdict", "is_stub", "tensor_mismatch"]
 
 _DO_NOTHING = {"RESUME", "NOP", "LOAD_CONST", "RETURN_VALUE", "RETURN_CONST", "CACHE"}
 
@@ -83,6 +83,23 @@ def tensor_mismatch(
         return None
     difference = (got.double() - expected.double()).abs().nan_to_num(float("inf")).max().item()
     return f"{what} is off: the largest difference from the expected value is {difference:.3g}."
+
+
+class Verdict:
+    """Whether an answer passed: truthy when it did. A notebook shows nothing for it, since
+    ``check`` has already printed what it found."""
+
+    def __init__(self, passed: bool) -> None:
+        self.passed = passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return f"Verdict(passed={self.passed})"
+
+    def _ipython_display_(self) -> None:
+        """Display nothing: the check's message is the output."""
 
 
 class Exercise:
@@ -133,10 +150,10 @@ class Exercise:
                 return message
         return None
 
-    def check(self, answer: Any) -> bool:
+    def check(self, answer: Any) -> Verdict:
         """Check ``answer``; print ``✓`` and what was verified, or ``✗`` and a diagnosis.
 
-        Returns whether it passed. With the stub still in place the reference is checked
+        Returns whether it passed, as a :class:`Verdict` (truthy when it passed). With the stub still in place the reference is checked
         instead (and a failing reference raises: that is the course's bug, not yours).
         """
         if is_stub(answer):
@@ -147,14 +164,14 @@ class Exercise:
                 f"Your answer is still the stub, so the reference solution was checked: "
                 f"✓ {self.verified}. Write yours above and run this cell again."
             )
-            return True
+            return Verdict(True)
         message = self.diagnose(answer)
         if message is None:
             print(f"✓ Correct: {self.verified}.")
-            return True
+            return Verdict(True)
         more = " Stuck? Call .hint() for a hint." if self.hints else ""
         print(f"✗ Not yet: {message}{more}")
-        return False
+        return Verdict(False)
 
     def hint(self, n: int | None = None) -> None:
         """Print hint ``n`` (from 1), or the next one on each call."""
