@@ -153,8 +153,9 @@ class Exercise:
     def check(self, answer: Any) -> Verdict:
         """Check ``answer``; print ``✓`` and what was verified, or ``✗`` and a diagnosis.
 
-        Returns whether it passed, as a :class:`Verdict` (truthy when it passed). With the stub still in place the reference is checked
-        instead (and a failing reference raises: that is the course's bug, not yours).
+        Returns whether it passed, as a :class:`Verdict` (truthy when it passed). With the
+        stub still in place the reference is checked instead (and a failing reference
+        raises: that is the course's bug, not yours).
         """
         if is_stub(answer):
             message = self.diagnose(self.reference)
