@@ -177,3 +177,32 @@ class RNN(nn.Module):
             return W.expand(*after.shape[:2], *W.shape).clone()
         slope = 1.0 - after**2
         return slope.unsqueeze(-1) * W
+
+
+class TiedLM(nn.Module):
+    r"""A tiny language model whose input embedding and output layer share one matrix.
+
+    ``logits = E\,\tanh(M\,E[\text{token}] + m)``: ``head.weight`` *is* ``embed.weight``
+    (weight tying), so autograd adds both uses into one ``.grad`` and
+    ``model.parameters()`` yields that tensor once. Listing the modules' parameters by
+    hand yields it twice, which is notebook 04's point.
+    """
+
+    def __init__(self, vocabulary: int = 50, width: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(check_int(vocabulary, "vocabulary"), check_int(width, "width"))
+        self.mix = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocabulary, bias=False)
+        self.head.weight = self.embed.weight  # tied: one tensor, two uses
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.mix(self.embed(tokens))))
+
+
+def tied_lm_with_grads(seed: int = 0) -> TiedLM:
+    """A seeded :class:`TiedLM` after one next-token cross-entropy backward on 64 tokens."""
+    torch.manual_seed(seed)
+    model = TiedLM()
+    tokens = torch.randint(0, 50, (64,))
+    nn.functional.cross_entropy(model(tokens), torch.roll(tokens, 1)).backward()
+    return model
