@@ -251,3 +251,162 @@ def test_accumulation_takes_sizes_for_batches_without_tensors():
     _loss(full, x, y).backward()
     recipes.clip_and_step(full_opt, full.parameters(), 1.0)
     torch.testing.assert_close(_flat(model), _flat(full), rtol=1e-5, atol=1e-6)
+
+
+# --- issue 20: fused optimizers under a GradScaler, step(closure), several optimizers ---
+
+
+def _fused_setup(fused_cls, **kwargs):
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = fused_cls([w], fused=True, **kwargs)
+    g = torch.tensor([1.0, 2.0, 3.0, 4.0])  # the true gradient, norm sqrt(30)
+    return w, opt, g
+
+
+def test_pre_hook_clips_the_true_gradient_of_a_fused_sgd_under_a_grad_scaler():
+    w, opt, g = _fused_setup(torch.optim.SGD, lr=0.1)
+    norms: list[torch.Tensor] = []
+    recipes.register_clip_pre_hook(opt, 0.25, norms=norms)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale((w * g).sum()).backward()
+    before = w.detach().clone()
+    scaler.step(opt)  # fused: the scaler hands the scale to the kernel, it does not unscale
+    scaler.update()
+    assert norms[0].item() == pytest.approx(30**0.5, rel=1e-6)  # the true norm, not 1024x
+    assert torch.linalg.vector_norm(w.detach() - before).item() == pytest.approx(0.025, rel=1e-4)
+
+
+def test_pre_hook_with_fused_adamw_under_a_grad_scaler_matches_unscaled_clipping():
+    # Clipped to 0.25, the gradient's direction is kept; AdamW's first step is lr * sign,
+    # so compare two steps against the same optimizer fed the clipped gradient directly.
+    w, opt, g = _fused_setup(torch.optim.AdamW, lr=0.1)
+    twin = torch.nn.Parameter(torch.ones(4))
+    twin_opt = torch.optim.AdamW([twin], lr=0.1)
+    recipes.register_clip_pre_hook(opt, 0.25)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for scale in (1.0, 3.0):
+        opt.zero_grad()
+        scaler.scale((w * g * scale).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        twin.grad = g * scale * min(1.0, 0.25 / (scale * 30**0.5 + 1e-6))
+        twin_opt.step()
+    torch.testing.assert_close(w.detach(), twin.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_pre_hook_after_an_explicit_unscale_of_a_fused_optimizer():
+    w, opt, g = _fused_setup(torch.optim.SGD, lr=0.1)
+    norms: list[torch.Tensor] = []
+    recipes.register_clip_pre_hook(opt, 0.25, norms=norms)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale((w * g).sum()).backward()
+    scaler.unscale_(opt)  # allowed for fused optimizers too: the kernel then does not unscale
+    before = w.detach().clone()
+    scaler.step(opt)
+    assert norms[0].item() == pytest.approx(30**0.5, rel=1e-6)
+    assert torch.linalg.vector_norm(w.detach() - before).item() == pytest.approx(0.025, rel=1e-4)
+
+
+def test_pre_hook_under_a_grad_scaler_skips_an_overflowing_fused_step():
+    w, opt, g = _fused_setup(torch.optim.SGD, lr=0.1)
+    recipes.register_clip_pre_hook(opt, 0.25)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale((w * g).sum()).backward()
+    w.grad[0] = math.inf
+    before = w.detach().clone()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(w.detach(), before) and scaler.get_scale() < 1024.0
+
+
+@pytest.mark.parametrize("as_keyword", [False, True])
+def test_pre_hook_clips_the_gradient_the_closure_computes(as_keyword):
+    model, x, y = _model_and_batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    norms: list[torch.Tensor] = []
+    recipes.register_clip_pre_hook(opt, 1.0, norms=norms)
+
+    def closure():
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        return loss
+
+    before = _flat(model)
+    loss = opt.step(closure=closure) if as_keyword else opt.step(closure)
+    assert torch.isfinite(loss) and len(norms) == 1 and norms[0] > 1.0
+    assert torch.linalg.vector_norm(_flat(model) - before) == pytest.approx(0.1, rel=1e-4)
+
+
+def test_pre_hook_clips_every_closure_evaluation_of_lbfgs():
+    model, x, y = _model_and_batch()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3)
+    norms: list[torch.Tensor] = []
+    recipes.register_clip_pre_hook(opt, 1.0, norms=norms)
+
+    def closure():
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert len(norms) >= 2  # LBFGS evaluates the closure once per inner iteration
+
+
+def _two_optimizer_setup():
+    model, x, y = _model_and_batch()
+    first, second = model[0], model[2]
+    opts = [torch.optim.SGD(m.parameters(), lr=1.0) for m in (first, second)]
+    return model, x, y, opts
+
+
+def test_amp_step_with_two_optimizers_unscales_both_before_the_update():
+    model, x, y, opts = _two_optimizer_setup()
+    reference, _, _ = _model_and_batch()
+    _loss(reference, x, y).backward()
+    true_grads = _flat_grad(reference)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(_loss(model, x, y)).backward()
+    next(model.parameters()).grad[0, 0] = math.inf  # the first optimizer overflows
+    before = _flat(model)
+    norm = recipes.amp_clip_and_step(scaler, opts, model.parameters(), 1e9)
+    assert math.isinf(norm) and scaler.get_scale() == 512.0  # lowered once
+    assert torch.equal(_flat(model), before)  # a global norm of inf: both steps skipped
+    second = torch.cat([p.grad.flatten() for p in model[2].parameters()])
+    torch.testing.assert_close(second, true_grads[-len(second) :])  # unscaled once, not 2x
+    for opt in opts:
+        opt.zero_grad()
+    scaler.scale(_loss(model, x, y)).backward()
+    norm = recipes.amp_clip_and_step(scaler, opts, model.parameters(), 1.0)
+    assert norm.item() == pytest.approx(true_grads.norm().item(), rel=1e-5)
+    assert torch.linalg.vector_norm(_flat(model) - before) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_amp_step_names_a_bad_optimizer_in_a_list():
+    model, _, _, opts = _two_optimizer_setup()
+    scaler = torch.amp.GradScaler("cpu")
+    with pytest.raises(TypeError, match=r"optimizer\[1\]"):
+        recipes.amp_clip_and_step(scaler, [opts[0], "adam"], model.parameters(), 1.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        recipes.amp_clip_and_step(scaler, [], model.parameters(), 1.0)
+
+
+def test_accumulation_refuses_parameters_the_optimizer_does_not_own():
+    model, x, y = _model_and_batch()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)  # the last layer is not stepped
+    micro = [(x[:8], y[:8]), (x[8:], y[8:])]
+    with pytest.raises(ValueError, match=r"parameters\[2\] is not among the optimizer"):
+        recipes.accumulate_and_step(lambda b: _loss(model, *b), micro, opt, model.parameters(), 1.0)
+    assert all(p.grad is None for p in model.parameters())  # refused before any backward
+
+
+def test_value_hooks_refuse_a_clip_value_beyond_the_parameters_dtype():
+    w = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"clip_value=100000.*parameters\[0\].*float16"):
+        recipes.register_value_clip_hooks([w], 1e5)
+    handles = recipes.register_value_clip_hooks([w], math.inf)  # inf: no clamp, allowed
+    (w * 2).sum().backward()
+    assert torch.equal(w.grad, torch.full((3,), 2.0, dtype=torch.float16))
+    for h in handles:
+        h.remove()
