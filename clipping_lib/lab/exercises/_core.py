@@ -187,12 +187,14 @@ class Exercise:
         print(f"Hint {n} of {len(self.hints)}: {self.hints[n - 1]}")
 
     def solution(self) -> None:
-        """Print the reference solution: its source for a function, its value otherwise."""
+        """Print the reference: its source for a function, its value (6 digits) otherwise."""
         if callable(self.reference):
             try:
                 print(textwrap.dedent(inspect.getsource(self.reference)).rstrip())
             except (OSError, TypeError):  # defined where no source is kept
                 print(repr(self.reference))
+        elif isinstance(self.reference, float):
+            print(f"{self.reference:.6g}")
         else:
             print(repr(self.reference))
 
