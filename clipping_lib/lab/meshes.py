@@ -26,6 +26,7 @@ model on the same batch is the reference every distributed norm is checked again
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -44,6 +45,7 @@ __all__ = [
     "moe_grads",
     "moe_norms",
     "optimizer_in_backward",
+    "per_parameter_clip_hook",
     "tp_batch",
     "tp_norms",
 ]
@@ -199,10 +201,10 @@ class MoE(nn.Module):
         return self.out(h + self.expert_scale * gate.unsqueeze(-1) * expert)
 
 
-def moe_grads(seed: int = 0, tokens: int = 32) -> dict[str, Tensor]:
+def moe_grads(seed: int = 0, tokens: int = 32, experts: int = 4) -> dict[str, Tensor]:
     """The single-process gradients of :class:`MoE` on a regression batch, by name."""
     torch.manual_seed(seed)
-    model = MoE()
+    model = MoE(experts=experts)
     generator = torch.Generator().manual_seed(seed + 2)
     x = torch.randn(tokens, 8, generator=generator)
     y = 2.0 * torch.randn(tokens, 8, generator=generator)
@@ -235,8 +237,10 @@ def moe_norms(max_norm: float = 1.0, seed: int = 0) -> dict:
     experts, NVIDIA-NeMo/Automodel#3816), ``averaged`` (the mean of rank norms, DeepSpeed
     #8475), ``twice`` (expert squares summed over all four ranks: each expert counted once
     per ``dp_mod_ep`` replica); ``deepspeed_averaged`` and ``deepspeed_right`` (the
-    PR #8478 numbers); ``clipped_difference`` (after :func:`clip_grad_norm_across_meshes_`,
-    the largest difference from the single-process clip) and ``ep_rank``.
+    PR #8478 numbers); ``local_experts`` and ``local_dense`` (the norms of this rank's own
+    pieces, what a per-rank log line shows); ``clipped_difference`` (after
+    :func:`clip_grad_norm_across_meshes_`, the largest difference from the single-process
+    clip) and ``ep_rank``.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -272,6 +276,8 @@ def moe_norms(max_norm: float = 1.0, seed: int = 0) -> dict:
     result["library"] = mesh_total_norm(expert_dt + dense_dt)
     ep_group = sparse_mesh["ep"]
     result["grouped"] = grouped_total_norm([(my_dense, dist.group.WORLD), (my_experts, ep_group)])
+    result["local_experts"] = get_total_norm(my_experts)
+    result["local_dense"] = get_total_norm(my_dense)
     result["own_group"] = mesh_total_norm(dense_dt + my_experts)  # experts as plain tensors
     own = torch.sqrt(result["dense_norm"] ** 2 + get_total_norm(my_experts) ** 2)
     dist.all_reduce(own)  # ZeRO-0: every rank holds the dense gradient whole
@@ -450,24 +456,44 @@ def optimizer_in_backward(max_norm: float = 0.2, lr: float = 0.1, seed: int = 0)
     return result
 
 
+def per_parameter_clip_hook(max_norm: float, lr: float) -> Callable[[Tensor], None]:
+    r"""A ``register_post_accumulate_grad_hook`` hook: clip this parameter's gradient, step.
+
+    :math:`p \leftarrow p - \eta\, g \min(1, c / (\lVert g\rVert + 10^{-6}))`, with
+    :math:`g` this parameter's own gradient (the only one the hook can see), then
+    ``p.grad = None``, so no gradient outlives its step.
+    """
+
+    def hook(p: Tensor) -> None:
+        with torch.no_grad():
+            scale = torch.clamp(max_norm / (p.grad.norm() + 1e-6), max=1.0)
+            p.add_(p.grad * scale, alpha=-lr)
+        p.grad = None
+
+    return hook
+
+
 def _step_in_backward(model: nn.Module, kind: str, max_norm: float, lr: float) -> list[str]:
     """Register a hook on every parameter that clips its gradient and takes an SGD step.
 
-    ``kind="per_parameter"`` clips by the parameter's own gradient norm; ``"running"`` by
+    ``kind="per_parameter"`` uses :func:`per_parameter_clip_hook`; ``"running"`` clips by
     the norm of every gradient that has arrived so far. Returns the list the hooks append
     the parameters' names to, in the order they fire.
     """
     names = {id(p): n for n, p in model.named_parameters()}
     order: list[str] = []
     seen = [torch.zeros(())]  # the running sum of squares
+    own = per_parameter_clip_hook(max_norm, lr)
 
     def hook(p: Tensor) -> None:
         order.append(names[id(p)])
+        if kind == "per_parameter":
+            own(p)
+            return
         seen[0] = seen[0] + p.grad.pow(2).sum()
-        norm = p.grad.norm() if kind == "per_parameter" else seen[0].sqrt()
         with torch.no_grad():
-            p.add_(p.grad * torch.clamp(max_norm / (norm + 1e-6), max=1.0), alpha=-lr)
-        p.grad = None  # the point of the method: no gradient outlives its step
+            p.add_(p.grad * torch.clamp(max_norm / (seen[0].sqrt() + 1e-6), max=1.0), alpha=-lr)
+        p.grad = None
 
     for p in model.parameters():
         p.register_post_accumulate_grad_hook(hook)
