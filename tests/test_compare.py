@@ -11,13 +11,11 @@ from clipping_lib.lab.compare import (
     Comparison,
     ExceptReadout,
     Paired,
-    _stacked_loss_and_grads,
-    _stacked_weights,
     compare_methods,
     train_together,
 )
 from clipping_lib.lab.spikes import with_target_spikes
-from clipping_lib.lab.tasks import adding_problem, temporal_order
+from clipping_lib.lab.tasks import adding_problem
 from clipping_lib.lab.training import TanhRNN, task_loss, train_rnn
 from clipping_lib.strategies import NoClip, NormClip, ValueClip
 
@@ -34,6 +32,7 @@ def spiky():
 CLIPPERS = [
     NoClip,
     lambda: NormClip(0.5),
+    lambda: ValueClip(0.05),
     lambda: AutoClip(10),
     lambda: AutoClip(50, window=7),
     lambda: AGC(0.05),
@@ -56,33 +55,6 @@ def test_each_run_reproduces_train_rnn_with_the_library_clipper(spiky, make):
         np.testing.assert_allclose(history.applied_norm, single.applied_norm, rtol=1e-4)
         np.testing.assert_allclose(history.threshold, single.threshold, rtol=1e-4)
         np.testing.assert_array_equal(history.clipped, single.clipped)
-
-
-def _autograd_reference(task, weights, inputs, targets):
-    """Run i's loss and gradients from a TanhRNN (torch.nn.RNN) and autograd."""
-    losses, grads = [], []
-    for i in range(len(inputs)):
-        model = TanhRNN(task.input_size, weights[1].shape[1], task.output_size)
-        with torch.no_grad():
-            for p, w in zip(model.parameters(), weights, strict=True):
-                p.copy_(w[i])
-        loss = task_loss(task, model(inputs[i]), targets[i])
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append([p.grad for p in model.parameters()])
-    return torch.stack(losses), [torch.stack(g) for g in zip(*grads, strict=True)]
-
-
-@pytest.mark.parametrize("task", [adding_problem(64, 7, seed=1), temporal_order(64, 20, seed=1)])
-def test_hand_written_backpropagation_equals_autograd(task):
-    weights = _stacked_weights([task] * 3, [0, 1, 2], 8, 1.5)
-    inputs = torch.stack([task.inputs[16 * i : 16 * i + 16] for i in range(3)])
-    targets = torch.stack([task.targets[16 * i : 16 * i + 16] for i in range(3)])
-    loss, grads = _stacked_loss_and_grads(task, weights, inputs, targets)
-    expected_loss, expected = _autograd_reference(task, weights, inputs, targets)
-    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
-    for grad, reference in zip(grads, expected, strict=True):
-        torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-5)
 
 
 def test_held_out_loss_is_measured_on_the_test_set_and_nan_after_divergence():
@@ -157,7 +129,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="same length"):
         train_together([task], [NoClip(), NoClip()], [0], **kwargs)
     with pytest.raises(TypeError, match="clippers must be"):
-        train_together([task], [ValueClip(1.0)], [0], **kwargs)
+        train_together([task], [ExceptReadout(NormClip(1.0))], [0], **kwargs)
     used = AutoClip(10)
     train_rnn(task, used, lr=0.1, steps=1, batch_size=16)
     with pytest.raises(ValueError, match="fresh"):

@@ -40,14 +40,26 @@ from torch.nn import functional as F
 
 from clipping_lib._checks import check_int, check_positive
 from clipping_lib.clip import get_total_norm
+from clipping_lib.lab.stacked import (
+    StackedClippers,
+    stacked_loss_and_grads,
+    stacked_norm,
+    stacked_scores,
+    stacked_weights,
+)
 from clipping_lib.lab.tasks import SequenceTask
 from clipping_lib.lab.threads import single_thread
-from clipping_lib.strategies import Clipper, ClipStep
+from clipping_lib.strategies import Clipper, ClipStep, NoClip, NormClip, ValueClip
 
 Method = Literal["none", "norm", "value"]
 METHODS: tuple[str, ...] = ("none", "norm", "value")
 NORM_CLIP_EPS = 1e-6  # the eps of PyTorch's clip_grad_norm_ and of NormClip's default
 FINAL_WINDOW = 50  # final loss = mean training loss over this many last steps
+_CLIPPERS: dict[str, Callable[[float], Clipper]] = {  # train_many's methods, as clippers
+    "none": lambda c: NoClip(),
+    "norm": lambda c: NormClip(c, eps=NORM_CLIP_EPS),
+    "value": ValueClip,
+}
 
 
 class TanhRNN(nn.Module):
@@ -252,120 +264,6 @@ class BatchedHistory:
         )
 
 
-_PARAMETER_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_out", "bias_out")
-
-
-def _parameter_list(model: TanhRNN) -> list[Tensor]:
-    """``model``'s tensors in the order of ``_PARAMETER_NAMES``."""
-    return [
-        model.rnn.weight_ih_l0,
-        model.rnn.weight_hh_l0,
-        model.rnn.bias_ih_l0,
-        model.rnn.bias_hh_l0,
-        model.readout.weight,
-        model.readout.bias,
-    ]
-
-
-def _stacked_parameters(models: Sequence[TanhRNN]) -> tuple[Tensor, dict[str, Tensor]]:
-    """The models' weights as rows of one ``(M, P)`` tensor, and named ``(M, ...)`` views."""
-    flat = torch.stack(
-        [torch.cat([p.detach().flatten() for p in _parameter_list(model)]) for model in models]
-    )
-    views, offset = {}, 0
-    for name, p in zip(_PARAMETER_NAMES, _parameter_list(models[0]), strict=True):
-        views[name] = flat[:, offset : offset + p.numel()].view(len(models), *p.shape)
-        offset += p.numel()
-    return flat, views
-
-
-def _stacked_states(params: dict[str, Tensor], time_major: Tensor) -> Tensor:
-    """Hidden states of ``M`` tanh RNNs on one batch: ``(T + 1, M, B, H)``, ``[t + 1] = h_t``."""
-    length, batch, _ = time_major.shape
-    m, hidden_size = params["bias_hh"].shape
-    # In-place updates of preallocated buffers: fresh tensors of this size cost more to
-    # allocate than to compute.
-    states = torch.empty(length + 1, m, batch, hidden_size)
-    states[0] = 0.0  # h_{-1} = 0
-    states[1:] = torch.einsum("tbi,mhi->tmbh", time_major, params["weight_ih"])
-    states[1:] += (params["bias_ih"] + params["bias_hh"])[:, None, :]
-    w_hh_t = params["weight_hh"].mT.contiguous()
-    for t in range(length):
-        states[t + 1].baddbmm_(states[t], w_hh_t).tanh_()
-    return states
-
-
-def _stacked_outputs(params: dict[str, Tensor], last: Tensor) -> Tensor:
-    """Readout of the last hidden states ``(M, B, H)``: outputs ``(M, B, output_size)``."""
-    return torch.baddbmm(params["bias_out"][:, None, :], last, params["weight_out"].mT)
-
-
-def _stacked_scores(
-    task: SequenceTask, params: dict[str, Tensor], inputs: Tensor, targets: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Per-model mean loss and accuracy ``(M,)`` on one batch (accuracy NaN for a regression)."""
-    outputs = _stacked_outputs(params, _stacked_states(params, inputs.transpose(0, 1))[-1])
-    if task.loss == "mse":
-        loss = (outputs - targets).pow(2).mean(dim=(1, 2))
-        return loss, torch.full_like(loss, math.nan)
-    log_probs = torch.log_softmax(outputs, dim=2)
-    loss = -log_probs[:, torch.arange(len(targets)), targets].mean(dim=1)
-    accuracy = (outputs.argmax(dim=2) == targets).float().mean(dim=1)
-    return loss, accuracy
-
-
-def _stacked_loss_and_grads(
-    task: SequenceTask, params: dict[str, Tensor], inputs: Tensor, targets: Tensor
-) -> tuple[Tensor, Tensor]:
-    r"""``M`` tanh RNNs on one batch: per-model mean loss ``(M,)`` and gradients ``(M, P)``.
-
-    Backpropagation through time written out, because for many small models it costs
-    about half of what autograd does (the tests check it gives autograd's gradients):
-    with :math:`a_t` the pre-activation and :math:`\delta_t = \partial L / \partial a_t`,
-    :math:`\delta_t = (\partial L/\partial h_t) \odot (1 - h_t^2)` and
-    :math:`\partial L/\partial h_{t-1} = \delta_t W_{hh}`; each weight gradient is a sum
-    over time, accumulated as the loop goes back. Tensors are time-major, ``(T, M, B, H)``,
-    so every step reads and writes contiguous memory.
-    """
-    batch, length, _ = inputs.shape
-    m, hidden_size = params["bias_hh"].shape
-    time_major = inputs.transpose(0, 1)  # (T, B, I)
-    states = _stacked_states(params, time_major)
-    last = states[-1]
-    outputs = _stacked_outputs(params, last)
-    if task.loss == "mse":
-        error = outputs - targets
-        loss = error.pow(2).mean(dim=(1, 2))
-        d_outputs = error * (2.0 / error[0].numel())
-    else:
-        log_probs = torch.log_softmax(outputs, dim=2)
-        loss = -log_probs[:, torch.arange(batch), targets].mean(dim=1)
-        d_outputs = log_probs.exp()
-        d_outputs[:, torch.arange(batch), targets] -= 1.0
-        d_outputs /= batch
-    d_outputs = torch.where(torch.isfinite(loss)[:, None, None], d_outputs, 0.0)
-    delta = torch.addcmul(torch.ones(()), states[1:], states[1:], value=-1.0)  # 1 - h_t^2
-    grad_hh = torch.zeros(m, hidden_size, hidden_size)
-    grad_ih = torch.zeros(m, hidden_size, inputs.shape[2])
-    d_hidden = torch.bmm(d_outputs, params["weight_out"])
-    for t in range(length - 1, -1, -1):
-        delta[t].mul_(d_hidden)
-        grad_ih += torch.matmul(delta[t].mT, time_major[t])
-        if t:
-            grad_hh.baddbmm_(delta[t].mT, states[t])
-            torch.bmm(delta[t], params["weight_hh"], out=d_hidden)
-    bias = delta.sum(dim=(0, 2))
-    grads = {
-        "weight_ih": grad_ih,
-        "weight_hh": grad_hh,
-        "bias_ih": bias,
-        "bias_hh": bias,
-        "weight_out": torch.bmm(d_outputs.mT, last),
-        "bias_out": d_outputs.sum(dim=1),
-    }
-    return loss, torch.cat([grads[name].reshape(m, -1) for name in _PARAMETER_NAMES], dim=1)
-
-
 @single_thread()
 def train_many(
     task: SequenceTask,
@@ -441,16 +339,14 @@ def train_many(
         if method != "none":
             check_positive(threshold, "thresholds")
     m = len(lrs)
-    is_norm = torch.tensor([method == "norm" for method in methods])
-    is_value = torch.tensor([method == "value" for method in methods])
     threshold = torch.tensor(
         [
             math.inf if method == "none" else float(c)
             for method, c in zip(methods, thresholds, strict=True)
         ]
     )
-    norm_threshold = torch.where(is_norm, threshold, math.inf)
-    value_threshold = torch.where(is_value, threshold, math.inf)
+    clippers = [_CLIPPERS[method](float(c)) for method, c in zip(methods, thresholds, strict=True)]
+    rules = StackedClippers(clippers, steps)
     lr = torch.tensor(lrs)
 
     models = {
@@ -459,8 +355,9 @@ def train_many(
         )
         for s in sorted(set(run_seeds))
     }
-    flat, params = _stacked_parameters([models[s] for s in run_seeds])
-    velocity = torch.zeros_like(flat) if momentum else None
+    weights = stacked_weights([models[s] for s in run_seeds])
+    shapes = [(-1,) + (1,) * (w.ndim - 1) for w in weights]  # (M,) -> broadcast on a weight
+    velocity = [torch.zeros_like(w) for w in weights] if momentum else None
     alive = torch.ones(m, dtype=torch.bool)
     losses = torch.full((steps, m), math.nan)
     norms = torch.full((steps, m), math.nan)
@@ -471,7 +368,9 @@ def train_many(
     eval_scores: list[tuple[Tensor, Tensor]] = []
 
     def evaluate() -> None:
-        loss, accuracy = _stacked_scores(eval_task, params, eval_task.inputs, eval_task.targets)
+        loss, accuracy = stacked_scores(
+            eval_task.loss, weights, eval_task.inputs, eval_task.targets
+        )
         eval_scores.append(
             (torch.where(alive, loss, math.nan), torch.where(alive, accuracy, math.nan))
         )
@@ -480,24 +379,20 @@ def train_many(
         if eval_task is not None and step % eval_every == 0:
             evaluate()
         inputs, targets = task.batch(step, batch_size)
-        loss, grad = _stacked_loss_and_grads(task, params, inputs, targets)
-        norm = torch.linalg.vector_norm(grad, dim=1)
+        loss, grads = stacked_loss_and_grads(task.loss, weights, inputs, targets)
+        norm, _, clipped_now = rules(step, weights, grads)  # clips grads in place
         finite = torch.isfinite(loss) & torch.isfinite(norm)
         diverged_at = torch.where(alive & ~finite, step, diverged_at)
         losses[step] = torch.where(alive, loss, math.nan)
         norms[step] = torch.where(alive, norm, math.nan)
         alive = alive & finite
-        scale = torch.clamp(norm_threshold / (norm + NORM_CLIP_EPS), max=1.0)
-        bound = value_threshold[:, None]
-        value_clipped = (grad.abs() > bound).any(dim=1)
-        grad = torch.maximum(torch.minimum(grad * scale[:, None], bound), -bound)
-        applied_norms[step] = torch.where(alive, torch.linalg.vector_norm(grad, dim=1), math.nan)
-        grad = torch.where(alive[:, None], grad, 0.0)  # frozen once diverged
-        if velocity is not None:
-            velocity.mul_(momentum).add_(grad)
-            grad = velocity
-        flat -= lr[:, None] * grad  # SGD
-        clipped[step] = alive & ((is_norm & (norm > norm_threshold)) | (is_value & value_clipped))
+        applied_norms[step] = torch.where(alive, stacked_norm(grads), math.nan)
+        for k, (w, g, shape) in enumerate(zip(weights, grads, shapes, strict=True)):
+            g = torch.where(alive.view(shape), g, 0.0)  # frozen once diverged
+            if velocity is not None:
+                g = velocity[k].mul_(momentum).add_(g)
+            w -= lr.view(shape) * g  # SGD
+        clipped[step] = alive & clipped_now
         if (step + 1) % check_every == 0 and not alive.any():
             break
     if eval_task is not None:
