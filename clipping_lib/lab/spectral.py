@@ -284,3 +284,25 @@ def truncated_weight_gradient(
     k = check_int(k, "k")
     terms = weight_gradient_terms(model, x, h0, direction)
     return terms[-k:].sum(dim=0)
+
+
+def settled_tanh_rnn(
+    rho: float, hidden_size: int = 64, batch: int = 8, steps: int = 100, seed: int = 3
+) -> tuple[RNN, Tensor, Tensor]:
+    r"""A tanh RNN with a Gaussian :math:`W` of spectral radius ``rho``, run to a settled state.
+
+    Returns ``(model, x, h0)``: ``x`` are ``steps`` inputs of scale 0.5 per sequence
+    (``(batch, steps, 1)``, float64) and ``h0`` the state after 60 earlier steps from a
+    random start, so measurements begin on the network's attractor, not its transient.
+    """
+    rho = _check_rho(rho)
+    model = RNN(
+        1, hidden_size, nonlinearity="tanh", bias=False, dtype=torch.float64,
+        recurrent_matrix=recurrent_matrix(hidden_size, rho, "gaussian", dtype=torch.float64),
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    x = 0.5 * torch.randn(batch, 60 + steps, 1, generator=generator, dtype=torch.float64)
+    start = 0.5 * torch.randn(batch, hidden_size, generator=generator, dtype=torch.float64)
+    with torch.no_grad(), single_thread():
+        settled = model.unroll(x[:, :60], start)[-1]
+    return model, x[:, 60:], settled

@@ -311,3 +311,78 @@ PANELS: dict[str, Callable[[], SliderPanel]] = {
     "clip_geometry": geometry_panel,
     "steep_wall": steep_wall_panel,
 }
+
+
+# ------------------------------------------------------------------ high dimension, plotted
+
+_DISTRIBUTION_TITLES = {
+    "gaussian": "Gaussian coordinates",
+    "student_t3": "heavy-tailed (Student-t, 3 dof)",
+}
+
+
+def plot_value_clip_cosines(
+    cosines: dict[str, Tensor], dimensions: list[int], thresholds: list[float]
+) -> None:
+    r"""Plot :func:`value_clip_cosines` against the dimension, one panel per distribution.
+
+    ``cosines[distribution]`` has shape ``(dimension, threshold, draw)``. Each threshold
+    gets its median (line), its 10–90% band over the draws, and the Gaussian large-:math:`d`
+    limit :func:`gaussian_value_clip_cosine` (dashed); norm clipping is the line at 1.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cosines), figsize=(10, 3.8), sharey=True)
+    shades = plt.cm.viridis(np.linspace(0.1, 0.85, len(thresholds)))
+    levels = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    for ax, (distribution, cos) in zip(np.atleast_1d(axes), cosines.items(), strict=True):
+        for j, (c, shade) in enumerate(zip(thresholds, shades, strict=True)):
+            low, mid, high = cos[:, j].double().quantile(levels, dim=1)
+            ax.fill_between(dimensions, low, high, color=shade, alpha=0.25)
+            ax.plot(dimensions, mid, "o-", ms=3, color=shade, label=f"value, c = {c}σ")
+            ax.axhline(gaussian_value_clip_cosine(c), color=shade, ls="--", lw=1)
+        ax.axhline(1.0, color=COLORS["norm"], lw=2.5, label="norm clipping (any c)")
+        title = _DISTRIBUTION_TITLES.get(distribution, distribution)
+        ax.set(xscale="log", xlabel="dimension d", title=title, ylim=(0.6, 1.02))
+    first = np.atleast_1d(axes)[0]
+    first.set_ylabel("cos ∠(clipped g, g)")
+    first.legend(loc="lower right", fontsize=8)
+    fig.suptitle("median and 10–90% band over 32 draws; dashed: Gaussian large-d limit")
+    fig.tight_layout()
+    plt.show()
+
+
+# ------------------------------------------------------------------ forgetting, two tasks
+
+
+@dataclass(frozen=True)
+class LeastSquaresTasks:
+    r"""Two least-squares tasks on the same inputs: :math:`L_j(w) = \tfrac12\,\mathrm{mean}
+    (X w - y_j)^2` with targets :math:`y_j = X w_j^\star` of two random linear maps.
+
+    Built by :func:`two_least_squares_tasks`; the tasks are named ``"A"`` and ``"B"``.
+    """
+
+    inputs: Tensor  # (samples, features)
+    targets: dict[str, Tensor]  # task name -> (samples,)
+
+    def loss(self, w: Tensor, task: str) -> float:
+        r""":math:`\tfrac12\,\mathrm{mean}(X w - y)^2` for ``task``."""
+        return 0.5 * ((self.inputs @ w - self.targets[task]) ** 2).mean().item()
+
+    def gradient(self, w: Tensor, task: str) -> Tensor:
+        r""":math:`X^\top (X w - y) / N`, the gradient of :meth:`loss`."""
+        return self.inputs.T @ (self.inputs @ w - self.targets[task]) / len(self.inputs)
+
+
+def two_least_squares_tasks(
+    samples: int = 200, features: int = 10, seed: int = 0
+) -> LeastSquaresTasks:
+    """Tasks A and B on ``samples`` Gaussian inputs of ``features`` features (float64, seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(samples, features, generator=generator, dtype=torch.float64)
+    targets = {
+        task: inputs @ torch.randn(features, generator=generator, dtype=torch.float64)
+        for task in ("A", "B")
+    }
+    return LeastSquaresTasks(inputs, targets)

@@ -217,3 +217,37 @@ def spectral_panel(
 
 
 PANELS: dict[str, Callable[[], SliderPanel]] = {"spectral_radius": spectral_panel}
+
+
+def plot_weight_gradient(
+    term_norms: torch.Tensor,
+    state_norms: torch.Tensor,
+    lengths: list[int],
+    full_norm: list[float],
+    truncated_norm: dict[int, list[float]],
+    bounds: dict[int, float],
+) -> None:
+    r"""Notebook 02 §7: the terms of :math:`\partial L/\partial W` and its norm against :math:`T`.
+
+    Left: ``term_norms`` (the norm of each term, by steps back) beside ``state_norms``
+    (:math:`\lVert\partial L/\partial h_{T-k}\rVert`). Right: the full BPTT weight-gradient
+    norm against the sequence length, each truncated one (``truncated_norm[k]``) and its
+    :math:`T`-free bound ``bounds[k]`` (dotted).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax_terms, ax_T) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax_terms.semilogy(term_norms, color="C0", lw=2, label="‖term$_{T-k}$‖ = ‖δ$_t$ h$_{t-1}^⊤$‖")
+    ax_terms.semilogy(state_norms, "C1--", lw=1.5, label="‖∂L/∂h$_{T-k}$‖ (state gradient)")
+    ax_terms.set(xlabel="steps back k = T − t", title="T = 100: the terms of ∂L/∂W")
+    ax_terms.legend(fontsize=8)
+    ax_T.semilogy(lengths, full_norm, "C3o-", ms=3, lw=2, label="full BPTT ‖∂L/∂W‖")
+    for (k, norms), color in zip(truncated_norm.items(), ["C0", "C2", "C4", "C5"], strict=False):
+        ax_T.semilogy(lengths, norms, "o-", ms=3, color=color, label=f"truncated, k = {k}")
+        ax_T.axhline(bounds[k], color=color, ls=":", lw=1)
+    ax_T.plot([], [], "k:", lw=1, label="bounds B √n Σ$_{j<k}$ σ$_{max}^j$")
+    ax_T.set(xlabel="sequence length T", ylabel="Frobenius norm",
+             title="the weight gradient against T")  # fmt: skip
+    ax_T.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
