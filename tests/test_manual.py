@@ -164,3 +164,47 @@ def test_host_sync_counter_sees_python_conversions_only():
         torch.unique(g)
         g.cpu()
     assert inside_ops.count == 0
+
+
+# --- The bench notebook 04 runs on (clipping_lib.lab.manual) -----------------------------
+
+
+def test_gradient_set_is_seeded_and_names_bad_arguments():
+    from clipping_lib.lab.manual import gradient_set
+
+    a, b = gradient_set(5, 8), gradient_set(5, 8)
+    assert len(a) == 5 and all(p.grad.shape == (8, 8) for p in a)
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a, b, strict=True))
+    assert not torch.equal(gradient_set(5, 8, seed=1)[0].grad, a[0].grad)
+    with pytest.raises(ValueError, match="count"):
+        gradient_set(-1)
+    with pytest.raises(ValueError, match="size"):
+        gradient_set(3, 0)
+
+
+def test_host_syncs_counts_one_per_tensor_for_the_loop():
+    from clipping_lib.lab.manual import gradient_set, host_syncs
+
+    assert host_syncs(naive_clip_grad_norm_, gradient_set(7)) == 7
+    assert host_syncs(vectorized_clip_grad_norm_, gradient_set(7)) == 0
+
+
+def test_time_clippers_restores_the_gradients_and_reports_every_candidate():
+    from clipping_lib.lab.manual import CLIPPERS, gradient_set, time_clippers
+
+    params = gradient_set(4, 4)
+    before = [p.grad.clone() for p in params]
+    medians = time_clippers(params, rounds=2, warmup=0)
+    assert set(medians) == set(CLIPPERS) and all(t >= 0 for t in medians.values())
+    # each call clipped freshly restored gradients, so they end clipped once, not many times
+    assert get_total_norm(before).item() > 10
+    assert get_total_norm([p.grad for p in params]).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_classifier_bench_is_deterministic():
+    from clipping_lib.lab.manual import classifier_with_grads, max_grad_difference
+
+    a, b = classifier_with_grads(), classifier_with_grads()
+    assert len(list(a.parameters())) == 6
+    assert max_grad_difference(a, b) == 0.0
+    assert max_grad_difference(a, classifier_with_grads(seed=1)) > 0

@@ -141,3 +141,15 @@ def test_initial_state_defaults_to_zeros_and_passes_h0_through():
     assert torch.equal(model.initial_state(x), torch.zeros(4, 3, dtype=torch.float64))
     h0 = torch.randn(4, 3)
     assert model.initial_state(x, h0) is h0
+
+
+def test_tied_lm_shares_one_tensor_between_embedding_and_head():
+    from clipping_lib.lab.models import TiedLM, tied_lm_with_grads
+
+    model = tied_lm_with_grads()
+    assert model.head.weight is model.embed.weight
+    assert len(list(model.parameters())) == 3  # deduplicated
+    assert model.embed.weight.grad is not None
+    assert model(torch.tensor([1, 2])).shape == (2, 50)
+    with pytest.raises(ValueError, match="width"):
+        TiedLM(width=0)

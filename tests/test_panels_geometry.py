@@ -149,3 +149,33 @@ def test_steep_wall_panel_follows_its_sliders():
     np.testing.assert_allclose(plain_line.get_xdata(), expected)
     panel.controls["threshold"].value = 5.0
     assert "clipped θ → 3.000" in panel.readout.value  # 0.5 + 0.5 * 5
+
+
+def test_plot_value_clip_cosines_draws_one_panel_per_distribution(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(plt.gcf()))
+    dims, thresholds = [2, 8], [0.5, 1.0]
+    cosines = {
+        dist: torch.stack(
+            [geometry.value_clip_cosines(d, thresholds, distribution=dist) for d in dims]
+        )
+        for dist in geometry.DISTRIBUTIONS
+    }
+    geometry.plot_value_clip_cosines(cosines, dims, thresholds)
+    (figure,) = shown
+    assert len(figure.axes) == len(geometry.DISTRIBUTIONS)
+    assert all(len(ax.lines) >= len(thresholds) + 1 for ax in figure.axes)
+    plt.close(figure)
+
+
+def test_least_squares_tasks_gradient_is_the_derivative_of_the_loss():
+    tasks = geometry.two_least_squares_tasks(samples=30, features=4, seed=2)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    for task in ("A", "B"):
+        loss = 0.5 * ((tasks.inputs @ w - tasks.targets[task]) ** 2).mean()
+        (expected,) = torch.autograd.grad(loss, w)
+        assert torch.allclose(tasks.gradient(w.detach(), task), expected)
+        assert tasks.loss(w.detach(), task) == pytest.approx(loss.item())
+    assert not torch.equal(tasks.targets["A"], tasks.targets["B"])

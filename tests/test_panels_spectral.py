@@ -101,3 +101,19 @@ def test_panel_readout_reports_the_fitted_rate():
     panel = spectral.spectral_panel(rho=1.2, structure="orthogonal")
     assert "+0.1823 per step" in panel.readout.value
     assert f"log ρ = {math.log(1.2):+.4f}" in panel.readout.value
+
+
+def test_plot_weight_gradient_draws_terms_and_bounds(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(plt.gcf()))
+    lengths = [5, 10]
+    spectral.plot_weight_gradient(
+        torch.ones(11), torch.ones(11), lengths, [1.0, 2.0], {5: [1.0, 1.0]}, {5: 3.0}
+    )
+    (figure,) = shown
+    left, right = figure.axes
+    assert len(left.lines) == 2
+    assert any(list(line.get_ydata()) == [3.0, 3.0] for line in right.lines)  # the bound
+    plt.close(figure)

@@ -258,3 +258,16 @@ def test_weight_gradient_bad_input():
         weight_gradient_terms(model, x, h0, direction=torch.ones(3))
     with pytest.raises(ValueError, match="k"):
         truncated_weight_gradient(model, x, 0, h0)
+
+
+def test_settled_tanh_rnn_is_seeded_and_bounded():
+    from clipping_lib.lab.spectral import settled_tanh_rnn
+
+    model, x, h0 = settled_tanh_rnn(3.0, hidden_size=16, batch=2, steps=10)
+    assert x.shape == (2, 10, 1) and h0.shape == (2, 16) and x.dtype == torch.float64
+    assert spectral_radius(model.W).item() == pytest.approx(3.0)
+    assert h0.abs().max() < 1
+    again = settled_tanh_rnn(3.0, hidden_size=16, batch=2, steps=10)
+    assert torch.equal(again[1], x) and torch.equal(again[2], h0)
+    with pytest.raises(ValueError, match="rho"):
+        settled_tanh_rnn(-1.0)
