@@ -33,8 +33,10 @@ from clipping_lib.lab.parallel import fully_sharded_model, make_batch, make_mode
 __all__ = [
     "clip_grad_norm_with_sparse_",
     "clip_order_norms",
+    "dense_twins",
     "dtensor_norm_item",
     "pipeline_stage_clip",
+    "sparse_embedding_params",
     "total_norm_with_sparse",
 ]
 
@@ -99,6 +101,26 @@ def clip_grad_norm_with_sparse_(
 # ---------------------------------------------------------------------------------------
 # Experiments for a WorkerGroup of two gloo processes
 # ---------------------------------------------------------------------------------------
+
+
+def sparse_embedding_params(scale: float = 10.0) -> list[nn.Parameter]:
+    """An ``Embedding(10, 3, sparse=True)`` and a linear head after one backward.
+
+    The embedding's gradient is sparse (rows 1, 2 and 5 touched); the head's are dense.
+    """
+    torch.manual_seed(0)
+    embedding = nn.Embedding(10, 3, sparse=True)
+    head = nn.Linear(3, 1)
+    (head(embedding(torch.tensor([1, 2, 2, 5]))).sum() * scale).backward()
+    return [embedding.weight, head.weight, head.bias]
+
+
+def dense_twins(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """Copies of ``params`` whose gradients are the dense versions of theirs."""
+    twins = [nn.Parameter(p.detach().clone()) for p in params]
+    for twin, p in zip(twins, params, strict=True):
+        twin.grad = p.grad.to_dense().clone()
+    return twins
 
 
 def _stage_grads(model: nn.Module) -> Tensor:

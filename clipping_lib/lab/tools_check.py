@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from clipping_lib._checks import as_tensor_list, check_positive, check_threshold
 
@@ -32,6 +32,7 @@ __all__ = [
     "clipnorm_view",
     "flat",
     "ppo_surrogate",
+    "ppo_toy",
     "relative_difference",
 ]
 
@@ -121,3 +122,24 @@ def ppo_surrogate(ratio: Tensor, advantage: Tensor, clip_range: float = 0.2) -> 
         raise TypeError("ratio and advantage must be Tensors")
     clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     return torch.minimum(ratio * advantage, clipped * advantage)
+
+
+def ppo_toy() -> tuple[Tensor, Tensor, Tensor, nn.Linear, nn.Linear]:
+    r"""Six states, their actions and advantages, an old policy (uniform) and a current one.
+
+    The current policy has moved so that some ratios are past :math:`1 \pm 0.2` in the
+    direction their advantage favours and some are not. Returns
+    ``(states, actions, advantages, old_policy, policy)``.
+    """
+    states = torch.tensor(
+        [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [2.0, 0.5]]
+    )
+    actions = torch.tensor([0, 1, 0, 1, 0, 1])
+    advantages = torch.tensor([4.0, -2.0, 1.0, 6.0, -4.0, 2.0])
+    old_policy, policy = nn.Linear(2, 2), nn.Linear(2, 2)
+    with torch.no_grad():
+        old_policy.weight.zero_()
+        old_policy.bias.zero_()
+        policy.weight.copy_(torch.tensor([[0.6, -0.1], [-0.4, 0.3]]))
+        policy.bias.zero_()
+    return states, actions, advantages, old_policy, policy
