@@ -183,3 +183,13 @@ def test_every_exercise_has_statement_stub_check_and_hidden_solution(path):
             f"{where}: expected a stub cell, a check cell (exN.check(...)) and a hidden "
             f"solution cell (exN.solution()) in that order, found {kinds}"
         )
+
+
+def test_readme_course_map_gives_each_lesson_its_stated_reading_time():
+    from clipping_lib.lab.reading_time import stated_minutes
+
+    readme = README.read_text()
+    for path in NOTEBOOKS:
+        row = next((r for r in readme.splitlines() if f"(notebooks/{path.name})" in r), "")
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert f"{stated_minutes(path)} min" in cells, f"README's row for {path.name}: {cells}"

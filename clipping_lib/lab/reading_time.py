@@ -12,7 +12,8 @@ are the non-blank, non-comment lines of code cells (the Colab install cell exclu
 an exercise is a ``### Exercise N`` heading. Each notebook's header states the result
 ("**Reading time:** about N minutes"), and a test keeps it true.
 
-    python -m clipping_lib.lab.reading_time notebooks/*.ipynb
+    python -m clipping_lib.lab.reading_time notebooks/*.ipynb          # report
+    python -m clipping_lib.lab.reading_time --write notebooks/*.ipynb  # update the headers
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ _WORD = re.compile(r"[A-Za-z0-9']+")
 _EXERCISE = re.compile(r"(?m)^###\s+Exercise\s+\d+")
 STATED = re.compile(r"\*\*Reading time:\*\*\s+about\s+(\d+)\s+minutes")
 
-__all__ = ["STATED", "reading_minutes", "stated_minutes", "study_counts"]
+__all__ = ["STATED", "reading_minutes", "stated_minutes", "study_counts", "write_stated_minutes"]
+
+HEADER = (
+    "**Reading time:** about {minutes} minutes (the course's rule: words of prose / 110 + "
+    "lines of code / 12 + 8 per exercise; see the README)."
+)
 
 
 def _cells(path: str | Path) -> list[dict]:
@@ -72,8 +78,33 @@ def stated_minutes(path: str | Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def write_stated_minutes(path: str | Path) -> int:
+    """Put the rule's reading time into the notebook's first Markdown cell; returns it.
+
+    The line replaces an earlier statement, or goes after the title. The header's own
+    words count too, so the time is computed with the line in place.
+    """
+    path = Path(path)
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    first = next(c for c in notebook["cells"] if c["cell_type"] == "markdown")
+    lines = "".join(first["source"]).splitlines()
+    lines = [line for line in lines if not line.startswith("**Reading time:**")]
+    minutes = 0
+    for _ in range(3):  # the header's own words may move the rounding once
+        text = "\n".join([lines[0], "", HEADER.format(minutes=minutes), *lines[1:]])
+        first["source"] = text.replace("\n\n\n", "\n\n").splitlines(keepends=True)
+        path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", "utf-8")
+        if reading_minutes(path) == minutes:
+            break
+        minutes = reading_minutes(path)
+    return minutes
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:]:
+    write = "--write" in sys.argv[1:]
+    for name in (a for a in sys.argv[1:] if a != "--write"):
+        if write:
+            write_stated_minutes(name)
         counts = study_counts(name)
         print(
             f"{Path(name).name}: about {reading_minutes(name)} minutes {counts}"
