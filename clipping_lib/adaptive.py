@@ -23,6 +23,22 @@ EMAs), so the threshold stays what the finite steps made it; the step's gradient
 scaled as ``clip_grad_norm_`` would scale them (by NaN, or by 0 for an inf norm), so they
 stay non-finite and a ``GradScaler`` skips the step.
 
+**Steps with no gradients** (the library's second policy, see
+:mod:`clipping_lib.strategies`): when no parameter has a ``.grad``, nothing is measured;
+the step enters no statistic (AutoClip's history and step count, ZClip's warm-up, EMAs
+and step count), and its ``ClipStep`` has ``has_grads=False`` and a NaN ``total_norm``.
+
+**DTensor gradients** (FSDP2): AutoClip and ZClip keep their statistics on the full norm
+(``.full_tensor()`` of the DTensor norm, identical on every rank, equal to the
+single-process norm) and scale each rank's shards by the same coefficient.
+
+**torch.compile**: the per-step state of AutoClip (with a ``window``) and ZClip is
+tensors updated in place (the step count too), so a compiled training step that calls a
+module-level clipper compiles once, not once per step (a Python number that changes every
+step would be a guard). The first call moves the state, created on the CPU in float32,
+to the gradients' device and dtype: on another device or dtype that is one recompile.
+``AutoClip(window=None)`` grows its buffer, so it recompiles as the run grows.
+
 **Checkpoints**: :class:`AutoClip` and :class:`ZClip` have ``state_dict()`` and
 ``load_state_dict()``, holding only tensors and plain numbers (``torch.save`` it with the
 model; ``torch.load(..., weights_only=True)`` reads it). A run resumed from it clips
@@ -43,6 +59,8 @@ from clipping_lib.clip import TensorOrTensors
 from clipping_lib.strategies import (
     ClipStep,
     full_like_norm,
+    is_dtensor,
+    no_grads_step,
     nonfinite_coefficient,
     parameters_with_grads,
     scale_grads_,
@@ -108,47 +126,69 @@ class AutoClip:
         self.percentile = float(percentile)
         self.eps = check_eps(eps)
         self.window = None if window is None else check_int(window, "window", 1)
-        self._norms = torch.empty(0)  # the ring (or, with window=None, the growing history)
-        self.steps = 0
+        # The ring of the last `window` norms (NaN: a gap or a slot not yet filled), and
+        # the number of measured steps, a tensor updated in place (no per-step guard
+        # under torch.compile). With window=None, the history grows by doubling.
+        self._norms = torch.full((self.window or 0,), math.nan)
+        self._steps = torch.zeros((), dtype=torch.long)
+        self._filled = 0  # window=None only: the host-side length of the history
+
+    @property
+    def steps(self) -> int:
+        """The number of measured steps so far (steps without gradients are not counted)."""
+        return int(self._steps)
 
     @property
     def history(self) -> Tensor:
         """The norms of the window (every step with ``window=None``), oldest first; a
         non-finite norm is NaN."""
-        if self.window is None or self.steps <= self.window:
-            return self._norms[: self.steps]
-        start = self.steps % self.window
+        steps = self.steps
+        if self.window is None or steps <= self.window:
+            return self._norms[:steps]
+        start = steps % self.window
         return torch.cat([self._norms[start:], self._norms[:start]])
 
-    def _slot(self, norm: Tensor) -> int:
-        """Where this step's norm goes; allocates or grows the buffer on ``norm``'s device."""
+    def _follow(self, norm: Tensor) -> None:
+        """Move the state to ``norm``'s device and dtype (the first call, or a new device)."""
         if self._norms.device != norm.device or self._norms.dtype != norm.dtype:
             self._norms = self._norms.to(norm.device, norm.dtype)
+            self._steps = self._steps.to(norm.device)
+
+    def _ranked(self) -> Tensor:
+        """The norms the percentile is taken over (no host sync: unfilled slots are NaN)."""
+        return self._norms if self.window is not None else self._norms[: self._filled]
+
+    def _record(self, value: Tensor) -> Tensor:
+        """Write this step's norm (NaN for a gap) and return the history to rank."""
         if self.window is not None:
-            if len(self._norms) < self.window:
-                grown = torch.full((self.window,), math.nan, dtype=norm.dtype, device=norm.device)
-                grown[: len(self._norms)] = self._norms
-                self._norms = grown
-            return self.steps % self.window
-        if self.steps == len(self._norms):  # grow the history by doubling
-            grown = torch.empty(max(16, 2 * self.steps), dtype=norm.dtype, device=norm.device)
-            grown[: self.steps] = self._norms
+            slot = torch.remainder(self._steps, self.window).view(1)
+            self._norms.scatter_(0, slot, value.view(1))
+            self._steps.add_(1)
+            return self._ranked()  # unfilled slots are NaN: nan_percentile skips them
+        if self._filled == len(self._norms):  # grow the history by doubling
+            grown = torch.full(
+                (max(16, 2 * self._filled),), math.nan, dtype=value.dtype, device=value.device
+            )
+            grown[: self._filled] = self._norms
             self._norms = grown
-        return self.steps
+        self._norms[self._filled] = value
+        self._filled += 1
+        self._steps.add_(1)
+        return self._ranked()
 
     @torch.no_grad()
     def __call__(self, parameters: TensorOrTensors) -> ClipStep:
         grads = parameters_with_grads(parameters)
+        if not grads:  # no measurement: the history and the step count stay as they are
+            return no_grads_step(nan_percentile(self._ranked(), self.percentile))
         norm = stat_norm(grads)
+        self._follow(norm)
         finite = torch.isfinite(norm)
-        slot = self._slot(norm)  # may replace the buffer: index it afterwards
-        self._norms[slot] = torch.where(finite, norm, math.nan)
-        self.steps += 1
-        threshold = nan_percentile(self._norms[: self.steps], self.percentile)
+        history = self._record(torch.where(finite, norm, math.nan))
+        threshold = nan_percentile(history, self.percentile)
         clipped = finite & (norm > threshold)
         coef = torch.where(clipped, threshold / (norm + self.eps), 1.0)
-        if grads:
-            scale_grads_(grads, nonfinite_coefficient(norm, coef))
+        scale_grads_(grads, nonfinite_coefficient(norm, coef))
         return ClipStep(norm, threshold, clipped)
 
     def state_dict(self) -> dict[str, object]:
@@ -168,9 +208,15 @@ class AutoClip:
         if norms.shape != (kept,):
             raise ValueError(f"state['norms'] must have shape ({kept},), got {tuple(norms.shape)}")
         norms = norms.detach().clone()
-        if self.window is not None and steps > self.window:  # oldest first -> ring order
-            norms = torch.roll(norms, steps % self.window)
-        self._norms, self.steps = norms, steps
+        if self.window is None:
+            self._norms, self._filled = norms, steps
+        else:
+            if steps > self.window:  # oldest first -> ring order
+                norms = torch.roll(norms, steps % self.window)
+            ring = torch.full((self.window,), math.nan, dtype=norms.dtype, device=norms.device)
+            ring[:kept] = norms
+            self._norms = ring
+        self._steps = torch.tensor(steps, device=norms.device)
 
     def __repr__(self) -> str:
         return f"AutoClip(percentile={self.percentile:g}, window={self.window})"
@@ -225,8 +271,10 @@ class AGC:
     paper does not clip the final classifier layer: pass only the parameters to clip.
     Unit norms are taken in float32 (float64 for float64 weights), so fp16 cannot overflow.
 
-    AGC keeps no statistics, so it has no state to checkpoint. A step whose global norm is
-    non-finite is scaled as ``clip_grad_norm_`` would scale it (NaN, or 0 for an inf norm).
+    AGC keeps no statistics, so it has no state to checkpoint; a step without gradients
+    returns ``has_grads=False``. DTensor parameters are refused with a ``TypeError``. A
+    step whose global norm is non-finite is scaled as ``clip_grad_norm_`` would scale it
+    (NaN, or 0 for an inf norm).
     There is no single global threshold, so the returned ``threshold`` is ``inf``;
     ``clipped`` is true when any unit was clipped, and :attr:`clipped_fraction` holds the
     fraction of units clipped at the last call (a 0-d tensor).
@@ -240,6 +288,15 @@ class AGC:
     @torch.no_grad()
     def __call__(self, parameters: TensorOrTensors) -> ClipStep:
         params = [p for p in as_parameter_list(parameters, stacklevel=3) if p.grad is not None]
+        if not params:
+            return no_grads_step(torch.tensor(_INF))
+        for index, p in enumerate(params):
+            if is_dtensor(p) or is_dtensor(p.grad):
+                raise TypeError(
+                    f"AGC cannot clip DTensor parameters (the one at position {index} of those "
+                    "with gradients): a unit's norm would straddle shards; clip the full "
+                    "norm with NormClip, AutoClip or ZClip instead"
+                )
         grads = [p.grad for p in params]
         norm = stat_norm(grads)
         global_coef = nonfinite_coefficient(norm, torch.ones_like(norm))
@@ -293,7 +350,9 @@ class ZClip:
     :math:`\mu + z_{thr}(\sigma + \varepsilon)` (``inf`` during warm-up), so
     ``clipped == total_norm > threshold`` on finite steps; a clipped gradient lands below
     it, at :math:`g_t^\star`. ``mean`` and ``var`` hold :math:`\mu` and :math:`\sigma^2`
-    (during the warm-up, those of the norms collected so far; NaN before the first).
+    (during the warm-up, those of the norms collected so far; NaN before the first); they
+    are updated in place, as is the step count (``steps``, the measured steps: a step
+    without gradients changes nothing).
     """
 
     def __init__(
@@ -312,27 +371,39 @@ class ZClip:
         self.z_thresh = check_positive(z_thresh, "z_thresh")
         self.warmup_steps = check_int(warmup_steps, "warmup_steps", 1)
         self.eps = check_eps(eps)
-        self.steps = 0
-        self._reset(torch.device("cpu"), torch.float32)
+        # Every piece of state is a tensor updated in place (no guard per step under
+        # torch.compile); created on the CPU in float32, moved at the first call.
+        self._steps = torch.zeros((), dtype=torch.long)
+        self._warmup = torch.full((self.warmup_steps,), math.nan)
+        self._count = torch.zeros((), dtype=torch.long)  # finite warm-up norms
+        self.mean = torch.full((), math.nan)
+        self.var = torch.full((), math.nan)
 
-    def _reset(self, device: torch.device, dtype: torch.dtype) -> None:
-        self._warmup = torch.full((self.warmup_steps,), math.nan, dtype=dtype, device=device)
-        self._count = torch.zeros((), dtype=torch.long, device=device)  # finite warm-up norms
-        self.mean = torch.full((), math.nan, dtype=dtype, device=device)
-        self.var = torch.full((), math.nan, dtype=dtype, device=device)
+    @property
+    def steps(self) -> int:
+        """The number of measured steps so far (steps without gradients are not counted)."""
+        return int(self._steps)
 
-    def _move_to(self, norm: Tensor) -> None:
-        for name in ("_warmup", "mean", "var"):
-            setattr(self, name, getattr(self, name).to(norm.device, norm.dtype))
-        self._count = self._count.to(norm.device)
+    def _follow(self, norm: Tensor) -> None:
+        """Move the state to ``norm``'s device and dtype (the first call, or a new device)."""
+        if self.mean.device != norm.device or self.mean.dtype != norm.dtype:
+            for name in ("_warmup", "mean", "var"):
+                setattr(self, name, getattr(self, name).to(norm.device, norm.dtype))
+            self._count = self._count.to(norm.device)
+            self._steps = self._steps.to(norm.device)
+
+    def _threshold(self, warming: Tensor, std: Tensor) -> Tensor:
+        return torch.where(warming, _INF, self.mean + self.z_thresh * (std + self.eps))
 
     @torch.no_grad()
     def __call__(self, parameters: TensorOrTensors) -> ClipStep:
         grads = parameters_with_grads(parameters)
+        if not grads:  # no measurement: no warm-up slot, no EMA update, no step counted
+            warming = self._count < self.warmup_steps
+            return no_grads_step(self._threshold(warming, self.var.sqrt()))
         norm = stat_norm(grads)
-        if self.mean.device != norm.device or self.mean.dtype != norm.dtype:
-            self._move_to(norm)
-        self.steps += 1
+        self._follow(norm)
+        self._steps.add_(1)
         finite = torch.isfinite(norm)
         warming = self._count < self.warmup_steps  # before this step's norm counts
 
@@ -340,25 +411,26 @@ class ZClip:
         z = (norm - self.mean) / (std + self.eps)
         clipped = finite & ~warming & (z > self.z_thresh)
         target = torch.where(clipped, self.mean + self.z_thresh**2 / z * std, norm)
-        threshold = torch.where(warming, _INF, self.mean + self.z_thresh * (std + self.eps))
+        threshold = self._threshold(warming, std)
         coef = torch.where(clipped, target / (norm + 1e-6), 1.0)
-        if grads:
-            scale_grads_(grads, nonfinite_coefficient(norm, coef))
+        scale_grads_(grads, nonfinite_coefficient(norm, coef))
 
         # Warm-up: write a finite norm into the next free slot (a tensor index: no sync).
         collect = finite & warming
         slot = self._count.clamp(max=self.warmup_steps - 1).view(1)
         kept = self._warmup.gather(0, slot)
         self._warmup.scatter_(0, slot, torch.where(collect, norm, kept).view(1))
-        self._count = self._count + collect.long()
+        self._count.add_(collect.long())
         warm_mean = torch.nanmean(self._warmup)
         warm_var = torch.nanmean((self._warmup - warm_mean) ** 2)
         # After it: the EMAs move towards the clipped norm.
         update = finite & ~warming
         ema_mean = self.alpha * self.mean + (1 - self.alpha) * target
         ema_var = self.alpha * self.var + (1 - self.alpha) * (target - ema_mean) ** 2
-        self.mean = torch.where(collect, warm_mean, torch.where(update, ema_mean, self.mean))
-        self.var = torch.where(collect, warm_var, torch.where(update, ema_var, self.var))
+        new_mean = torch.where(collect, warm_mean, torch.where(update, ema_mean, self.mean))
+        new_var = torch.where(collect, warm_var, torch.where(update, ema_var, self.var))
+        self.mean.copy_(new_mean)
+        self.var.copy_(new_var)
         return ClipStep(norm, threshold, clipped)
 
     def state_dict(self) -> dict[str, object]:
@@ -383,7 +455,7 @@ class ZClip:
         for key in ("warmup_count", "mean", "var"):
             if not isinstance(state[key], Tensor) or state[key].ndim != 0:
                 raise TypeError(f"state[{key!r}] must be a 0-d Tensor")
-        self.steps = steps
+        self._steps = torch.tensor(steps, device=warmup.device)
         self._warmup = warmup.detach().clone()
         self._count = state["warmup_count"].detach().clone().long().to(warmup.device)
         self.mean = state["mean"].detach().clone().to(warmup.device, warmup.dtype)

@@ -15,11 +15,26 @@ A :class:`NormHistory` answers the questions worth asking of a run:
   distribution does not move.
 * **spikes**: steps whose norm exceeds ``factor`` times the median of the preceding
   ``window`` norms, a robust baseline that a single spike does not move.
+
+Only measurements count. A step without gradients is recorded with a NaN norm
+(``ClipStep.has_grads`` is false), an overflow with a NaN or inf one; neither enters a
+statistic: the clip rate, the percentiles, the maximum and the spike baselines are taken
+over the steps with a finite norm, so one AMP overflow does not turn a whole run's
+percentiles into NaN. Such steps keep their place in the arrays (step ``t`` is
+``norm[t]``), so the history lines up with the loss curve.
+
+Under ``torch.compile``, :meth:`ClipMonitor.record` runs eagerly (through
+``torch.compiler.disable``): it keeps a Python step count and grows its buffers, which
+traced code would turn into a guard per step. A compiled step that calls a monitor
+compiles once, with a graph break at the record, so it cannot be compiled with
+``fullgraph=True``; there, compile the clipper alone and call ``monitor.record(step)``
+outside the compiled function.
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -69,25 +84,36 @@ class NormHistory:
         return len(self.norm)
 
     @property
+    def measured(self) -> np.ndarray:
+        """A bool per step: is its norm finite (a measurement that enters the statistics)?"""
+        return np.isfinite(self.norm)
+
+    @property
     def clip_rate(self) -> float:
-        """The fraction of steps that were clipped (0 for an empty history)."""
-        return float(np.mean(self.clipped)) if len(self) else 0.0
+        """The fraction of measured steps that were clipped (0 when there is none)."""
+        measured = self.measured
+        return float(np.mean(self.clipped[measured])) if measured.any() else 0.0
 
     def percentiles(self, q: Sequence[float] = (50, 90, 99)) -> dict[float, float]:
-        """Percentiles of the norm (linear interpolation, as ``numpy.percentile``)."""
+        """Percentiles of the finite norms (linear interpolation, as ``numpy.percentile``);
+        steps without gradients and non-finite steps are left out."""
         q = [float(x) for x in q]
         if any(not 0 <= x <= 100 for x in q):
             raise ValueError(f"q must be percentiles in [0, 100], got {q}")
         if not len(self):
             raise ValueError("the history is empty: record some steps first")
-        return dict(zip(q, np.percentile(self.norm, q).tolist(), strict=True))
+        finite = self.norm[self.measured]
+        if not len(finite):
+            raise ValueError("no step of the history has a finite norm to take percentiles of")
+        return dict(zip(q, np.percentile(finite, q).tolist(), strict=True))
 
     def spikes(self, factor: float = 5.0, window: int = 20) -> np.ndarray:
         r"""Indices of steps with :math:`n_t > \text{factor}\cdot
         \operatorname{median}(n_{t-w}, \dots, n_{t-1})`.
 
         Fewer than ``window`` steps precede the first few steps; their baseline is the
-        median of those there are, and step 0 has none (never a spike).
+        median of those there are, and step 0 has none (never a spike). Only finite norms
+        are spikes or enter a baseline (a window of non-finite steps has none).
         """
         if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor > 0:
             raise ValueError(f"factor must be a number > 0, got {factor!r}")
@@ -95,22 +121,30 @@ class NormHistory:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         if len(self) < 2:
             return np.zeros(0, dtype=np.int64)
-        padded = np.concatenate([np.full(window, np.nan), self.norm[:-1]])
+        norm = np.where(self.measured, self.norm, np.nan)
+        padded = np.concatenate([np.full(window, np.nan), norm[:-1]])
         windows = np.lib.stride_tricks.sliding_window_view(padded, window)  # row t: the w before t
         baseline = np.full(len(self), np.nan)
-        baseline[1:] = np.nanmedian(windows[1:], axis=1)
-        return np.flatnonzero(self.norm > factor * baseline)
+        with warnings.catch_warnings():  # an all-NaN window has no baseline: NaN, no spike
+            warnings.simplefilter("ignore", RuntimeWarning)
+            baseline[1:] = np.nanmedian(windows[1:], axis=1)
+        return np.flatnonzero(norm > factor * baseline)
 
     def summary(self) -> dict[str, float]:
-        """Steps, clip rate, median/90th/99th percentile and max of the norm, spike count."""
-        p50, p90, p99 = self.percentiles((50, 90, 99)).values()
+        """Steps (all of them), clip rate, median/90th/99th percentile and max of the finite
+        norms (NaN when there is none), spike count."""
+        finite = self.norm[self.measured]
+        if len(finite):
+            p50, p90, p99 = self.percentiles((50, 90, 99)).values()
+        else:
+            p50 = p90 = p99 = float("nan")
         return {
             "steps": len(self),
             "clip_rate": self.clip_rate,
             "norm_p50": p50,
             "norm_p90": p90,
             "norm_p99": p99,
-            "norm_max": float(np.max(self.norm)),
+            "norm_max": float(np.max(finite)) if len(finite) else float("nan"),
             "spikes": len(self.spikes()),
         }
 
@@ -161,7 +195,17 @@ class ClipMonitor:
         return self._norm[:n], self._threshold[:n], self._clipped[:n]
 
     def record(self, step: ClipStep) -> ClipStep:
-        """Keep ``step`` (copied into the buffers on the device: no host sync) and return it."""
+        """Keep ``step`` (copied into the buffers on the device: no host sync) and return it.
+
+        A step without gradients (``has_grads`` false) is kept with its NaN norm, so step
+        ``t`` of the run stays entry ``t``; :class:`NormHistory` leaves it out of every
+        statistic. Runs eagerly under ``torch.compile`` (see the module's docstring).
+        """
+        if torch.compiler.is_compiling():  # a graph break: dynamo is imported only here
+            return torch.compiler.disable(ClipMonitor._record)(self, step)
+        return self._record(step)
+
+    def _record(self, step: ClipStep) -> ClipStep:
         if not isinstance(step, ClipStep):
             raise TypeError(f"step must be a ClipStep, got {type(step).__name__}")
         if self._norm is None:
@@ -177,7 +221,9 @@ class ClipMonitor:
 
     @property
     def steps(self) -> list[ClipStep]:
-        """The recorded steps as :class:`ClipStep` objects (views into the buffers)."""
+        """The recorded steps as :class:`ClipStep` objects (views into the buffers); the
+        buffers do not keep ``has_grads``: a step without gradients reads back with a NaN
+        norm and ``has_grads=True``."""
         norm, threshold, clipped = self.buffers()
         return [ClipStep(norm[i], threshold[i], clipped[i]) for i in range(self._count)]
 
@@ -221,3 +267,4 @@ class ClipMonitor:
 
     def __repr__(self) -> str:
         return f"ClipMonitor({self.clipper!r}, steps={len(self)})"
+

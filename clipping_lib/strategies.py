@@ -17,6 +17,26 @@ for an infinite one, so infinite entries become NaN. The gradients stay non-fini
 would with ``clip_grad_norm_``. Such a norm never enters a clipper's statistics, and the
 step is not counted as clipped (its ``total_norm`` says what happened).
 
+**Steps with no gradients** (the second policy). When no parameter passed has a
+``.grad`` (a frozen part with its own clipper, experts of a mixture that got no tokens,
+``zero_grad(set_to_none=True)`` before the first backward), nothing was measured: the
+step enters no statistic (AutoClip's history, ZClip's warm-up, EMAs and step count, the
+monitor's percentiles and clip rate), and its :class:`ClipStep` says so with
+``has_grads=False``, ``total_norm`` NaN ("no measurement", as NumPy's ``nan*``
+functions read it), ``clipped`` false and ``threshold`` the threshold in force. A norm
+of 0 would be a measurement: 30 such steps would pull a percentile or an EMA to 0 and
+clip the next real gradients to nothing.
+
+**DTensor gradients** (FSDP2, tensor parallelism). The norm is the norm of the *whole*
+gradient: each clipper takes ``.full_tensor()`` of the DTensor norm (a scalar all-reduce
+over the mesh, no host sync), so every rank holds the same plain 0-d tensor, equal to
+the norm a single process would measure, and keeps its statistics on it; the gradients
+are scaled shard by shard (``to_local()``) by that one coefficient. Every rank must call
+the clipper, as it calls the optimizer. :class:`NormClip` clips exactly as
+``clip_grad_norm_`` does (whose return value is, as in PyTorch, a DTensor) and records
+the full norm, a plain tensor, in its ``ClipStep``. :class:`~clipping_lib.adaptive.AGC`
+refuses DTensor parameters (its units would straddle shards).
+
 A ``ClipStep`` holds 0-d tensors on the gradients' device, not Python floats, so
 recording it costs no host sync; the monitor turns a whole history into numbers once,
 at the end. Norms and thresholds are at least float32 whatever the gradients' dtype.
@@ -24,6 +44,7 @@ at the end. Norms and thresholds are at least float32 whatever the gradients' dt
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,14 +64,20 @@ from clipping_lib.clip import (
 __all__ = ["ClipStep", "Clipper", "NoClip", "NormClip", "ValueClip", "nonfinite_coefficient"]
 
 
-
 @dataclass(frozen=True)
 class ClipStep:
-    """What one clipping call did (all 0-d tensors, on the gradients' device)."""
+    """What one clipping call did (0-d tensors, on the gradients' device, and a flag).
+
+    ``has_grads`` is ``False`` for a step where no parameter had a gradient: then
+    ``total_norm`` is NaN (not measured), ``clipped`` is false, ``threshold`` is the one
+    in force, and no statistic was updated. It defaults to ``True``, so
+    ``ClipStep(norm, threshold, clipped)`` records a measured step.
+    """
 
     total_norm: Tensor  # the global L2 norm of the gradients *before* clipping
     threshold: Tensor  # the threshold in force at this step (inf when none)
     clipped: Tensor  # bool: did the threshold scale this (finite) step down?
+    has_grads: bool = True  # False: no parameter had a .grad; total_norm is NaN
 
 
 class Clipper(Protocol):
@@ -62,14 +89,53 @@ def parameters_with_grads(parameters: TensorOrTensors) -> list[Tensor]:
     return [p.grad for p in as_parameter_list(parameters, stacklevel=4) if p.grad is not None]
 
 
+def _dtensor_class() -> type | None:
+    """``DTensor``, if ``torch.distributed.tensor`` has been imported (no DTensor exists
+    otherwise, and importing it here would cost every user seconds)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+def full_value(t: Tensor) -> Tensor:
+    """``t``, or, for a DTensor, its whole value as a plain tensor (``full_tensor()``: a
+    collective over its mesh that every rank must join; the same result on every rank)."""
+    if type(t) is Tensor:
+        return t
+    dtensor = _dtensor_class()
+    return t.full_tensor() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+def local_value(t: Tensor) -> Tensor:
+    """``t``, or, for a DTensor, this rank's shard (``to_local()``, which shares storage)."""
+    if type(t) is Tensor:
+        return t
+    dtensor = _dtensor_class()
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Is ``t`` a DTensor?"""
+    dtensor = _dtensor_class()
+    return type(t) is not Tensor and dtensor is not None and isinstance(t, dtensor)
+
+
+def no_grads_step(threshold: Tensor) -> ClipStep:
+    """The record of a step with no gradients: NaN norm, not clipped, ``has_grads=False``,
+    on ``threshold``'s device and in its dtype."""
+    nan = torch.full_like(threshold, float("nan"))
+    return ClipStep(nan, threshold, torch.zeros_like(threshold, dtype=torch.bool), False)
+
+
 def stat_dtype(grads: list[Tensor]) -> torch.dtype:
     """float32, or float64 when a gradient is float64: statistics never in fp16/bf16."""
     return torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
 
 
 def stat_norm(grads: list[Tensor]) -> Tensor:
-    """The global L2 norm, accumulated and returned in :func:`stat_dtype` (no fp16 overflow)."""
-    return _norm_of_groups(_group_by_device_and_dtype(grads), 2.0, None, dtype=stat_dtype(grads))
+    """The global L2 norm, accumulated and returned in :func:`stat_dtype` (no fp16 overflow);
+    for DTensor gradients the full norm, a plain tensor (:func:`full_value`)."""
+    groups = _group_by_device_and_dtype(grads)
+    return full_value(_norm_of_groups(groups, 2.0, None, dtype=stat_dtype(grads)))
 
 
 def nonfinite_coefficient(norm: Tensor, coefficient: Tensor) -> Tensor:
@@ -79,8 +145,10 @@ def nonfinite_coefficient(norm: Tensor, coefficient: Tensor) -> Tensor:
 
 
 def scale_grads_(grads: list[Tensor], coef: Tensor) -> None:
-    """Multiply every gradient in place by the 0-d tensor ``coef`` (no host sync)."""
-    for (device, dtype), group in _group_by_device_and_dtype(grads).items():
+    """Multiply every gradient in place by the 0-d tensor ``coef`` (no host sync); a
+    DTensor gradient shard by shard, since ``coef`` is the same on every rank."""
+    local = [local_value(g) for g in grads]
+    for (device, dtype), group in _group_by_device_and_dtype(local).items():
         torch._foreach_mul_(group, coef.to(device, dtype))
 
 
@@ -97,7 +165,10 @@ class NoClip:
     """Measure the gradient norm, change nothing."""
 
     def __call__(self, parameters: TensorOrTensors) -> ClipStep:
-        norm = stat_norm(parameters_with_grads(parameters))
+        grads = parameters_with_grads(parameters)
+        if not grads:
+            return no_grads_step(torch.tensor(float("inf")))
+        norm = stat_norm(grads)
         never = torch.zeros_like(norm, dtype=torch.bool)
         return ClipStep(norm, full_like_norm(float("inf"), norm), never)
 
@@ -111,7 +182,9 @@ class NormClip:
 
     ``clipped`` is true when that coefficient is below 1, which includes the norms in
     :math:`(c - \varepsilon, c]` that the :math:`\varepsilon` term shrinks slightly.
-    ``max_norm=inf`` measures and changes nothing.
+    ``max_norm=inf`` measures and changes nothing. With DTensor gradients it clips as
+    ``clip_grad_norm_`` does, and its ``ClipStep`` holds the full norm as a plain tensor
+    (the DTensor norm's ``full_tensor()``), the same on every rank.
     """
 
     def __init__(self, max_norm: float, *, eps: float = 1e-6) -> None:
@@ -120,7 +193,9 @@ class NormClip:
 
     def __call__(self, parameters: TensorOrTensors) -> ClipStep:
         params = as_parameter_list(parameters, stacklevel=3)
-        norm = clip_grad_norm_(params, self.max_norm, eps=self.eps)
+        if all(p.grad is None for p in params):
+            return no_grads_step(torch.tensor(self.max_norm))
+        norm = full_value(clip_grad_norm_(params, self.max_norm, eps=self.eps))
         coef = torch.clamp(self.max_norm / (norm + self.eps), max=1.0)  # as clip_grad_norm_
         clipped = torch.isfinite(norm) & (coef < 1)
         norm = _as_stat(norm)
@@ -140,8 +215,10 @@ class ValueClip:
     def __call__(self, parameters: TensorOrTensors) -> ClipStep:
         params = as_parameter_list(parameters, stacklevel=3)
         grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return no_grads_step(torch.tensor(self.clip_value))
         norm = stat_norm(grads)
-        largest = get_total_norm(grads, "inf").to(norm.device)
+        largest = full_value(get_total_norm(grads, "inf")).to(norm.device)
         clipped = torch.isfinite(norm) & (largest > self.clip_value)
         clip_grad_value_(params, self.clip_value)
         return ClipStep(norm, full_like_norm(self.clip_value, norm), clipped)

@@ -246,4 +246,50 @@ def test_parameters_without_grads_are_fine(clipper):
         step = clipper(params)
     assert torch.isfinite(step.total_norm)
     empty = clipper([])
-    assert empty.total_norm.item() == 0.0
+    assert torch.isnan(empty.total_norm) and not empty.has_grads and not empty.clipped
+
+
+# --- issue 20, item 1: a step with no gradients is not a measurement ---
+
+
+def _no_grad_then_real(clipper, no_grad_steps: int = 30, real_steps: int = 100):
+    """``no_grad_steps`` calls with no .grad anywhere, then real gradients of norm 1..2;
+    return the no-grad steps and the fraction of each real gradient's size kept."""
+    p = torch.nn.Parameter(torch.zeros(4))
+    empty = [clipper([p]) for _ in range(no_grad_steps)]
+    rng = np.random.default_rng(0)
+    kept = []
+    for _ in range(real_steps):
+        size = 1.0 + rng.random()
+        p.grad = torch.full((4,), size / 2.0)  # norm = size
+        clipper([p])
+        kept.append(p.grad.norm().item() / size)
+    return empty, np.array(kept)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: AutoClip(10, window=50), lambda: ZClip(warmup_steps=5), lambda: AGC(0.01)],
+    ids=["AutoClip", "ZClip", "AGC"],
+)
+def test_steps_without_gradients_enter_no_statistic(make):
+    clipper = make()
+    empty, kept = _no_grad_then_real(clipper)
+    assert all(not s.has_grads and torch.isnan(s.total_norm) and not s.clipped for s in empty)
+    if not isinstance(clipper, AGC):  # AGC's units see weights of 0: it clips hard anyway
+        assert kept.min() > 0.3  # before: 0.000 of their size kept, under both
+        reference = make()
+        _, kept_alone = _no_grad_then_real(reference, no_grad_steps=0)
+        np.testing.assert_allclose(kept, kept_alone, rtol=1e-6)  # as if they never happened
+        assert clipper.steps == reference.steps == 100
+
+
+def test_a_step_without_gradients_reports_the_threshold_in_force():
+    clipper, p = AutoClip(50, window=10), torch.nn.Parameter(torch.zeros(1))
+    for n in (1.0, 2.0, 3.0):
+        p.grad = torch.tensor([n])
+        last = clipper([p])
+    p.grad = None
+    step = clipper([p])
+    assert step.threshold == last.threshold == 2.0 and clipper.steps == 3
+    z = ZClip(warmup_steps=2)
+    assert z([p]).threshold == math.inf  # warming up: no threshold yet

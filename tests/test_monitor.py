@@ -144,3 +144,48 @@ def test_state_dict_of_a_monitor_whose_clipper_has_no_state():
         resumed.load_state_dict(
             {"norm": torch.ones(2), "threshold": torch.ones(1), "clipped": torch.ones(1) > 0}
         )
+
+
+# --- issue 20, items 1 and 6: steps without gradients and NaN steps are not measurements ---
+
+
+def test_percentiles_and_summary_ignore_nan_steps():
+    norms = np.array([1.0, 2.0, np.nan, 3.0, 4.0, np.inf, 5.0])
+    history = history_of(norms, threshold=3.5)
+    finite = norms[np.isfinite(norms)]
+    assert history.percentiles((50, 90)) == pytest.approx(
+        dict(zip((50.0, 90.0), np.percentile(finite, (50, 90)), strict=True))
+    )
+    summary = history.summary()
+    assert summary["steps"] == 7 and summary["norm_max"] == 5.0
+    assert summary["norm_p50"] == 3.0 and summary["clip_rate"] == pytest.approx(2 / 5)
+    assert all(np.isfinite(v) for v in summary.values())
+
+
+def test_spikes_skip_nan_steps_and_their_baselines():
+    norms = np.array([1.0, np.nan, 1.0, np.nan, 1.0, 50.0, np.inf, 1.0])
+    assert history_of(norms).spikes(factor=5, window=4).tolist() == [5]
+
+
+def test_a_history_of_only_unmeasured_steps():
+    history = history_of([np.nan, np.nan])
+    with pytest.raises(ValueError, match="finite norm"):
+        history.percentiles()
+    summary = history.summary()
+    assert summary["steps"] == 2 and summary["clip_rate"] == 0.0 and summary["spikes"] == 0
+    assert np.isnan(summary["norm_p50"]) and np.isnan(summary["norm_max"])
+
+
+@pytest.mark.parametrize("clipper", [NoClip(), NormClip(1.0)], ids=repr)
+def test_monitor_keeps_a_step_without_gradients_in_place_but_out_of_the_statistics(clipper):
+    monitor = ClipMonitor(clipper)
+    p = torch.nn.Parameter(torch.zeros(2))
+    for n in (0.5, None, 3.0, None):
+        p.grad = None if n is None else torch.tensor([n, 0.0])
+        step = monitor([p])
+        assert step.has_grads == (n is not None)
+    history = monitor.history()
+    assert len(history) == 4 and np.isnan(history.norm[[1, 3]]).all()
+    assert history.percentiles((0, 100)) == {0.0: 0.5, 100.0: 3.0}
+    expected = 0.5 if isinstance(clipper, NormClip) else 0.0
+    assert history.clip_rate == expected
