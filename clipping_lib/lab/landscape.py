@@ -259,3 +259,25 @@ def gradient_and_hessian_norms(
     hessian = 0.5 * (hessian + hessian.transpose(-1, -2))  # symmetric up to rounding
     hessian_norm = torch.linalg.eigvalsh(hessian).abs().amax(dim=-1)
     return torch.hypot(grad_w, grad_b).detach(), hessian_norm
+
+
+def wall_crossing(
+    w: float, *, points: int = 300, decades: tuple[float, float] = (-3.0, 2.0)
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``(b, grad_norm, hessian_norm)`` on a line of :math:`b` across the wall at ``w``.
+
+    The offsets from :func:`edge_bias` are ``points`` log-spaced multiples of the
+    :func:`predicted_wall_width` :math:`\delta`, from :math:`10^{d_0}\delta` to
+    :math:`10^{d_1}\delta` (``decades``), on both sides, so the wall is resolved however
+    thin it is (while :math:`\delta` is above float64's spacing of :math:`b`).
+    """
+    points = check_int(points, "points", 2)
+    low, high = decades
+    if not low < high:
+        raise ValueError(f"decades must be (low, high) with low < high, got {decades!r}")
+    width = predicted_wall_width(w)
+    offsets = torch.logspace(low, high, points, dtype=torch.float64) * width
+    b = edge_bias(w) + torch.cat([-offsets.flip(0), offsets])
+    w_tensor = torch.tensor(float(w), dtype=torch.float64)
+    grad_norm, hessian_norm = gradient_and_hessian_norms(w_tensor, b)
+    return b, grad_norm, hessian_norm

@@ -18,6 +18,10 @@ Here:
   gradient difference over each step, :math:`\lVert g_{k+1} - g_k\rVert /
   \lVert\theta_{k+1} - \theta_k\rVert`, next to :math:`\lVert g_k\rVert`;
 * :func:`fit_l0_l1`: the line :math:`L_0 + L_1\lVert g\rVert` fitted on log-log axes;
+* :func:`smoothness_along_training`: clipped full-batch runs of a small tanh RNN on the
+  adding problem (one per seed, trained together), each with its local smoothness per
+  step, the fit, and the log-log slope with the correlation of the logs, so the spread
+  over seeds can be shown;
 * :func:`quartic` and :func:`descent_1d`: :math:`f(x) = x^4`, which is (16, 1)-smooth but
   not :math:`L`-smooth, and plain or clipped gradient descent on a 1-D function.
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +41,10 @@ import torch
 from torch import Tensor
 
 from clipping_lib._checks import check_int, check_positive, check_threshold
+from clipping_lib.lab.models import RNN
+from clipping_lib.lab.spectral import recurrent_matrix
+from clipping_lib.lab.tasks import adding_problem
+from clipping_lib.lab.threads import single_thread
 
 QUARTIC_L0_L1 = (16.0, 1.0)  # 12 x^2 <= 16 + 4 |x|^3, with equality at |x| = 2
 
@@ -120,6 +128,106 @@ def fit_l0_l1(grad_norm: Tensor, smoothness: Tensor, *, grid: int = 4001) -> Smo
     best = min(fits, key=lambda fit: fit[0])
     error, L0, L1 = best
     return SmoothnessFit(L0, L1, math.sqrt(error) / math.log(10.0))
+
+
+@dataclass(frozen=True)
+class TrainingSmoothness:
+    r"""The local smoothness along one training run, and how it depends on the gradient.
+
+    ``grad_norm`` and ``smoothness`` are :func:`trajectory_smoothness`'s, per step;
+    ``loss`` the training loss before each step; ``fit`` the :func:`fit_l0_l1` line;
+    ``slope`` the least-squares slope of :math:`\log\hat L` on :math:`\log\lVert g\rVert`
+    (1 where :math:`\hat L \propto \lVert g\rVert`, 0 for a constant :math:`L`);
+    ``correlation`` the correlation of the two logs; ``constant_error`` the scatter
+    (root mean square, in decades) of :math:`\log_{10}\hat L` around its mean, the error of
+    the best constant :math:`L`, to compare with ``fit.rms_log10_error``.
+    """
+
+    seed: int
+    grad_norm: Tensor
+    smoothness: Tensor
+    loss: list[float]
+    fit: SmoothnessFit
+    slope: float
+    correlation: float
+    constant_error: float
+
+
+def smoothness_along_training(
+    seeds: Sequence[int] = (0,),
+    *,
+    hidden: int = 16,
+    rho: float = 1.5,
+    length: int = 30,
+    examples: int = 128,
+    steps: int = 200,
+    lr: float = 0.1,
+    threshold: float = 1.0,
+) -> list[TrainingSmoothness]:
+    r"""Train one tanh RNN per seed by clipped full-batch GD; the smoothness at each step.
+
+    Each model is :class:`~clipping_lib.lab.models.RNN` (``hidden`` units, float64, the
+    recurrent matrix Gaussian with spectral radius ``rho``, a linear readout) and learns
+    the adding problem (``examples`` fixed sequences of ``length``) by
+    :math:`\theta \leftarrow \theta - \eta\min(1, c/\lVert g\rVert)\,g` for ``steps``
+    steps (:math:`\eta` = ``lr``, :math:`c` = ``threshold``, each model clipped with its
+    own norm); ``seed`` draws the data, the weights and the recurrent matrix. Full batch,
+    so that the change of the gradient over a step is the landscape's, not noise. All
+    seeds train together, their parameters stacked along a leading axis (one batched
+    program; the models never interact: the summed loss has block-separate gradients).
+    """
+    seeds = [check_int(seed, "seeds[...]", 0) for seed in seeds]
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    steps = check_int(steps, "steps", 2)
+    lr, threshold = check_positive(lr, "lr"), check_threshold(threshold, "threshold")
+    tasks = [adding_problem(examples, length, seed=seed) for seed in seeds]
+    inputs = torch.stack([task.inputs for task in tasks]).double()  # (S, N, T, 2)
+    targets = torch.stack([task.targets[:, 0] for task in tasks]).double()  # (S, N)
+    nets = [
+        RNN(2, hidden, output_size=1, dtype=torch.float64, seed=seed,
+            recurrent_matrix=recurrent_matrix(hidden, rho, "gaussian", seed=seed,
+                                              dtype=torch.float64))
+        for seed in seeds
+    ]  # fmt: skip
+    # W (S, n, n), U (S, n, 2), b (S, n), V (S, 1, n), c (S, 1): the order of RNN.parameters()
+    params = [torch.stack([p.detach() for p in group]).requires_grad_()
+              for group in zip(*(net.parameters() for net in nets), strict=True)]  # fmt: skip
+    W, U, b, V, c = params
+    thetas, grads, losses = [], [], []
+    with single_thread():
+        for _ in range(steps + 1):
+            h = inputs.new_zeros(len(seeds), examples, hidden)
+            for t in range(length):
+                h = torch.tanh(h @ W.transpose(1, 2) + inputs[:, :, t] @ U.transpose(1, 2)
+                               + b[:, None, :])  # fmt: skip
+            outputs = (h @ V.transpose(1, 2))[..., 0] + c
+            loss = ((outputs - targets) ** 2).mean(dim=1)  # (S,): one loss per model
+            gradients = torch.autograd.grad(loss.sum(), params)
+            thetas.append(torch.cat([p.detach().flatten(1) for p in params], dim=1))
+            grads.append(torch.cat([g.flatten(1) for g in gradients], dim=1))
+            losses.append(loss.detach())
+            factor = lr * (threshold / grads[-1].norm(dim=1)).clamp(max=1.0)  # (S,)
+            with torch.no_grad():
+                for p, g in zip(params, gradients, strict=True):
+                    p -= factor.view(-1, *[1] * (p.ndim - 1)) * g
+    thetas, grads, losses = torch.stack(thetas, 1), torch.stack(grads, 1), torch.stack(losses, 1)
+    runs = []
+    for index, seed in enumerate(seeds):
+        grad_norm, smoothness = trajectory_smoothness(thetas[index], grads[index])
+        logs = torch.stack([grad_norm.log10(), smoothness.log10()])
+        centred = logs - logs.mean(dim=1, keepdim=True)
+        runs.append(TrainingSmoothness(
+            seed=seed,
+            grad_norm=grad_norm,
+            smoothness=smoothness,
+            loss=losses[index].tolist(),
+            fit=fit_l0_l1(grad_norm, smoothness),
+            slope=float((centred[0] @ centred[1]) / (centred[0] @ centred[0])),
+            correlation=float(torch.corrcoef(logs)[0, 1]),
+            constant_error=float(logs[1].std(correction=0)),
+        ))  # fmt: skip
+    return runs
 
 
 def quartic(x: float) -> tuple[float, float, float]:
