@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 
 from clipping_lib.lab.landscape import (
     descent_path,
+    edge_bias,
     final_state,
     loss_and_gradient,
     loss_surface,
+    predicted_wall_width,
     slope_and_curvature,
+    wall_crossing,
 )
 
 
@@ -171,3 +174,15 @@ def test_hessian_norms_match_forward_mode_gradient_and_autograd():
     hessian = torch.autograd.functional.hessian(loss, point)
     expected = torch.linalg.eigvalsh(hessian).abs().max()
     torch.testing.assert_close(h[2, 3], expected, rtol=1e-9, atol=1e-14)
+
+
+def test_wall_crossing_resolves_the_wall_on_both_sides():
+    b, grad_norm, hessian_norm = wall_crossing(5.0, points=50)
+    assert b.shape == grad_norm.shape == hessian_norm.shape == (100,)
+    offsets = b - edge_bias(5.0)
+    assert (offsets[:50] < 0).all() and (offsets[50:] > 0).all()
+    width = predicted_wall_width(5.0)
+    assert math.isclose(offsets[50].item(), 1e-3 * width, rel_tol=1e-6)
+    assert grad_norm.max() > 1000 * grad_norm.min()  # the wall and the plateaus beside it
+    with pytest.raises(ValueError, match="decades"):
+        wall_crossing(5.0, decades=(2.0, -3.0))

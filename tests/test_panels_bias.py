@@ -49,3 +49,16 @@ def test_controls_accept_their_extremes():
 
 def test_registered_factory_builds():
     assert set(PANELS) == {"bias"}
+
+
+def test_lowering_the_threshold_moves_the_settling_point_only_for_skewed_noise():
+    """What the lesson's panel shows (moved here from notebook 06: it drives the widget)."""
+    panel = bias_panel(threshold=0.5, noise="exponential")
+    settle = {}
+    for noise in ("exponential", "gaussian"):
+        panel.controls["noise"].value = noise
+        for c in (4.0, 0.25):
+            panel.controls["threshold"].value = c
+            settle[noise, c] = panel.figure.axes[0].get_lines()[-1].get_xdata()[0]
+    assert settle["exponential", 0.25] > settle["exponential", 4.0] + 0.2
+    assert abs(settle["gaussian", 0.25]) < 1e-6 and abs(settle["gaussian", 4.0]) < 1e-6

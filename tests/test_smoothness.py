@@ -15,6 +15,7 @@ from clipping_lib.lab.smoothness import (
     descent_1d,
     fit_l0_l1,
     quartic,
+    smoothness_along_training,
     trajectory_smoothness,
 )
 
@@ -92,3 +93,32 @@ def test_descent_1d_rejects_bad_input():
         descent_1d(quartic_gradient, 1.0, lr=0.1, steps=3, threshold=-1.0)
     with pytest.raises(TypeError):
         descent_1d(3.0, 1.0, lr=0.1, steps=3)
+
+
+def test_training_runs_one_model_per_seed_and_report_the_slope():
+    runs = smoothness_along_training([0, 1], steps=20, length=8, examples=16)
+    assert [run.seed for run in runs] == [0, 1]
+    for run in runs:
+        assert run.grad_norm.shape == run.smoothness.shape == (20,)
+        assert len(run.loss) == 21 and run.loss[-1] < run.loss[0]
+        logs = torch.stack([run.grad_norm.log10(), run.smoothness.log10()])
+        centred = logs - logs.mean(dim=1, keepdim=True)
+        slope = (centred[0] @ centred[1]) / (centred[0] @ centred[0])
+        assert math.isclose(run.slope, slope.item(), rel_tol=1e-12)
+        assert -1 <= run.correlation <= 1 and run.fit.rms_log10_error <= run.constant_error + 1e-12
+
+
+def test_training_runs_together_equal_runs_alone():
+    together = smoothness_along_training([0, 3], steps=5, length=8, examples=16)
+    alone = smoothness_along_training([3], steps=5, length=8, examples=16)[0]
+    torch.testing.assert_close(together[1].grad_norm, alone.grad_norm, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"seeds": []}, "seeds must name"), ({"seeds": [-1]}, "seeds"), ({"lr": 0.0}, "lr"),
+     ({"steps": 1}, "steps")],
+)
+def test_training_runs_refuse_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        smoothness_along_training(**kwargs)
