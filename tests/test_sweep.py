@@ -13,7 +13,10 @@ from clipping_lib.lab.corpus import CharCorpus
 from clipping_lib.lab.gpt import GPT, GPTConfig
 from clipping_lib.lab.schedules import warmup_cosine
 from clipping_lib.lab.sweep import (
+    CLEAN,
+    CLEAN_CLIP,
     METHODS,
+    REFERENCES,
     SWEEP_CONFIG,
     SWEEP_LRS,
     SWEEP_PATH,
@@ -21,6 +24,8 @@ from clipping_lib.lab.sweep import (
     SweepConfig,
     corrupt,
     load_sweep,
+    sweep_report,
+    sweep_verdicts,
     train_runs,
 )
 from clipping_lib.lab.threads import single_thread
@@ -42,41 +47,49 @@ def one_run(corpus: CharCorpus, config: SweepConfig, lr: float, method: str, see
     """The same run written the plain way: torch.optim.AdamW and the library's clippers."""
     model = GPT(config.gpt(corpus.vocab_size), seed=seed)
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(
-        params, lr=lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
-    )
+    groups = [  # nanoGPT's configure_optimizers: decay only the tensors with >= 2 dimensions
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=config.betas, eps=config.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.steps, config.warmup)
     )
     alpha, z, warm = config.zclip
     clipper = {
         "none": NoClip(), "clip 1.0": NormClip(config.max_norm), "skip": NoClip(),
+        CLEAN: NoClip(), CLEAN_CLIP: NormClip(config.max_norm),
         "zclip": ZClip(alpha, z, warmup_steps=warm),
+        "zclip + max 1.0": ZClip(alpha, z, warmup_steps=warm),
         "autoclip": AutoClip(config.autoclip_percentile),
     }[method]  # fmt: skip
+    # the ZClip authors' max_grad_norm: clip_grad_norm_ after their rule (zclip.py, step())
+    cap = NormClip(config.zclip_max_norm) if method == "zclip + max 1.0" else None
     window, sigma, min_history = config.skip
     skipper = SkipStep(window, sigma, min_history)
     ids, targets = corpus.batches(config.steps, config.batch_size, config.context, seed=seed)
-    targets = corrupt(targets, config.corrupt_steps, corpus.vocab_size - 1)
+    if method not in (CLEAN, CLEAN_CLIP):
+        targets = corrupt(targets, config.corrupt_steps, corpus.vocab_size - 1)
     loss_log, norm_log, acted = [], [], []
     for step in range(config.steps):
         optimizer.zero_grad()
         loss = model.loss(ids[step], targets[step])
         loss.backward()
         record = clipper(params)
+        capped = cap is not None and bool(cap(params).clipped)
         skip = bool(skipper(loss, record.total_norm)) and method == "skip"
         if not skip:
             optimizer.step()
         scheduler.step()
         loss_log.append(loss.item())
         norm_log.append(record.total_norm.item())
-        acted.append(skip if method == "skip" else bool(record.clipped))
+        acted.append(skip if method == "skip" else bool(record.clipped) or capped)
     return {"loss": np.array(loss_log), "norm": np.array(norm_log), "acted": np.array(acted)}
 
 
 def test_batched_runs_equal_one_at_a_time_runs(corpus):
-    batched = train_runs(corpus, SMALL, (3e-3,), METHODS, (0, 1))
-    for method in METHODS:
+    batched = train_runs(corpus, SMALL, (3e-3,), (CLEAN, CLEAN_CLIP, *METHODS), (0, 1))
+    for method in (CLEAN, CLEAN_CLIP, *METHODS):
         for seed in (0, 1):
             row = batched.select(3e-3, method, seed)
             with single_thread():
@@ -99,14 +112,59 @@ def test_runs_with_one_seed_share_start_and_data(corpus):
 def test_stored_sweep_matches_a_fresh_run(corpus):
     stored = load_sweep(SWEEP_PATH)
     assert stored.config == SWEEP_CONFIG
-    assert len(stored.lr) == len(SWEEP_LRS) * len(METHODS) * len(SWEEP_SEEDS)
-    steps = 41  # up to the first corrupted batch (step 40); rounding grows after it
-    fresh = train_runs(corpus, SWEEP_CONFIG, (0.01,), METHODS, (0,), stop_after=steps)
-    for method in METHODS:
-        row, new = stored.select(0.01, method, 0), fresh.select(0.01, method, 0)
-        np.testing.assert_allclose(stored.loss[row, :steps], fresh.loss[new], rtol=2e-3)
-        # the norm reacts to rounding before the loss does (other batch shapes, other blocking)
-        np.testing.assert_allclose(stored.grad_norm[row, :25], fresh.grad_norm[new, :25], rtol=1e-2)
+    assert len(stored.lr) == len(SWEEP_LRS) * len(REFERENCES + METHODS) * len(SWEEP_SEEDS)
+    assert stored.methods == (*REFERENCES, *METHODS)
+    steps = 41  # up to the first corrupted batch (step 40), at a learning rate where the
+    # rounding of other batch shapes (other blocking) stays at float32's level that long
+    fresh = train_runs(corpus, SWEEP_CONFIG, (0.003,), stored.methods, (0,), stop_after=steps)
+    for method in stored.methods:
+        row, new = stored.select(0.003, method, 0), fresh.select(0.003, method, 0)
+        np.testing.assert_allclose(stored.loss[row, :steps], fresh.loss[new], rtol=1e-3)
+        np.testing.assert_allclose(stored.grad_norm[row, :steps], fresh.grad_norm[new], rtol=1e-2)
+    none, clean = stored.select(0.003, "none", 0), stored.select(0.003, CLEAN, 0)
+    assert stored.loss[none, 40] > stored.loss[clean, 40] + 1.0  # the first corrupted batch
+
+
+def test_references_see_clean_batches_and_zclip_max_caps_at_one(corpus):
+    result = train_runs(corpus, SMALL, (3e-3,), (CLEAN, "none", "zclip + max 1.0"), (0,))
+    clean, none = result.select(3e-3, CLEAN, 0), result.select(3e-3, "none", 0)
+    spikes = list(SMALL.corrupt_steps)
+    np.testing.assert_array_equal(result.loss[none, : spikes[0]], result.loss[clean, : spikes[0]])
+    assert np.all(result.loss[none, spikes] > result.loss[clean, spikes] + 0.3)
+    capped = result.select(3e-3, "zclip + max 1.0", 0)
+    # during ZClip's warm-up the authors' max_grad_norm clips as clip_grad_norm_(..., 1.0)
+    warm = SMALL.zclip[2]
+    np.testing.assert_array_equal(
+        result.clipped[capped, :warm], result.grad_norm[capped, :warm] > SMALL.zclip_max_norm
+    )
+
+
+def stored_table():
+    stored = load_sweep(SWEEP_PATH)
+    return stored, stored.final(), np.unique(stored.lr)
+
+
+def test_verdicts_are_read_off_the_table():
+    stored, table, lrs = stored_table()
+    lines = sweep_verdicts(stored, baseline=3.0)
+    none = table[:, stored.methods.index("none")]
+    for i, lr in enumerate(lrs):
+        block = lines[lines.index(f"lr {lr:g}:") + 1 : lines.index(f"lr {lr:g}:") + 5]
+        every = [m for m in METHODS[1:] if np.all(none[i] > table[i, stored.methods.index(m)])]
+        assert any(line.endswith(": " + (", ".join(every) or "no method")) for line in block)
+        cost = (none[i] - table[i, stored.methods.index(CLEAN)]).mean()
+        assert f"the spikes cost {cost:+.3f}" in block[0]
+    best = lrs[np.argmin(table[:, stored.methods.index("clip 1.0")].mean(1))]
+    assert f"clip 1.0 {best:g}," in lines[0]
+
+
+def test_report_prints_every_setting_and_paired_gains():
+    stored, table, _ = stored_table()
+    report = sweep_report(stored, baseline=3.0)
+    for method in stored.methods:
+        assert method in report
+    gain = table[0, stored.methods.index("none")] - table[0, stored.methods.index("skip")]
+    assert f"{gain.mean():+8.3f} {np.sum(gain > 0)}/{table.shape[2]}" in report
 
 
 def test_sweep_refuses_bad_input(corpus):

@@ -2,27 +2,56 @@ r"""Panel for notebook 09: the tiny-GPT sweep, one run at a time.
 
 The sweep (:func:`clipping_lib.lab.sweep.build_sweep`, every learning rate x clipping method
 x seed of :data:`~clipping_lib.lab.sweep.SWEEP_LRS`, :data:`~clipping_lib.lab.sweep.METHODS`,
-:data:`~clipping_lib.lab.sweep.SWEEP_SEEDS`) takes minutes, so it is cached in
+:data:`~clipping_lib.lab.sweep.SWEEP_SEEDS`, plus the spike-free reference
+:data:`~clipping_lib.lab.sweep.CLEAN`) takes minutes, so it is cached in
 :data:`~clipping_lib.lab.sweep.SWEEP_PATH`; the panel only picks the chosen run and the
 unclipped run with the same learning rate and seed, and moves their loss and gradient-norm
 curves. :func:`run_curves` is the pure part: settings in, curves and a readout out.
+:func:`plot_final_loss` draws the sweep's summary, final loss against learning rate;
+:func:`plot_spike_traces` draws the spike traces of section 4.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
 import numpy as np
+from matplotlib.axes import Axes
 
 from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.lab.sweep import METHODS, SWEEP_PATH, SweepResult, load_sweep
+from clipping_lib.lab.sweep import CLEAN, SWEEP_PATH, SweepResult, load_sweep
 from clipping_lib.lab.widgets import SliderPanel
 
 _LOSS_LIMITS = (2.0, 40.0)
 _LOSS_TICKS = (2, 3, 5, 10, 20, 40)
 _NORM_LIMITS = (1e-2, 1e3)
+_STYLES = {  # colour, line style
+    CLEAN: ("#999999", ":"), "none": (COLORS["original"], "-"), "clip 1.0": (COLORS["norm"], "-"),
+    "zclip": (COLORS["adaptive"], "--"), "zclip + max 1.0": (COLORS["adaptive"], "-"),
+    "autoclip": (COLORS["threshold"], "-"), "skip": (COLORS["value"], "-"),
+}  # fmt: skip
+
+
+def plot_final_loss(ax: Axes, result: SweepResult, baseline: float | None = None) -> None:
+    """Final validation loss against learning rate: the mean over seeds, bars from the
+    smallest to the largest seed, one curve per method (offset a little to stay apart)."""
+    table, lrs = result.final(), np.unique(result.lr)
+    n = len(result.methods)
+    for j, method in enumerate(result.methods):
+        color, ls = _STYLES.get(method, ("k", "-"))
+        mean = table[:, j].mean(axis=1)
+        ax.errorbar(lrs * (1 + 0.03 * (j - (n - 1) / 2)), mean, ls=ls, color=color,
+                    yerr=[mean - table[:, j].min(axis=1), table[:, j].max(axis=1) - mean],
+                    marker="o", ms=3, capsize=2, lw=1, label=method)  # fmt: skip
+    if baseline is not None:
+        ax.axhline(baseline, color="0.5", lw=0.8, ls="-.", label="unigram baseline")
+    ax.set(xscale="log", xlabel="peak learning rate (AdamW)",
+           ylabel=f"validation loss after {result.loss.shape[1]} steps",
+           title=f"final loss against learning rate (mean, range over "
+                 f"{len(np.unique(result.seed))} seeds)")  # fmt: skip
+    ax.legend(fontsize="small", ncol=2)
 
 
 def run_curves(result: SweepResult, lr: float, method: str, seed: int) -> dict:
@@ -93,7 +122,7 @@ def modern_panel(
     lrs = tuple(float(x) for x in np.unique(result.lr))
     controls = {
         "lr": widgets.SelectionSlider(options=lrs, value=lr, description="peak lr"),
-        "method": widgets.ToggleButtons(options=METHODS, value=method, description="method"),
+        "method": widgets.ToggleButtons(options=result.methods, value=method, description="method"),
         "seed": widgets.SelectionSlider(
             options=tuple(int(s) for s in np.unique(result.seed)), value=seed, description="seed"
         ),
@@ -102,3 +131,20 @@ def modern_panel(
 
 
 PANELS: dict[str, Callable[[], SliderPanel]] = {"modern": modern_panel}
+
+
+def plot_spike_traces(axes: Sequence[Axes], traces: Mapping, spike_at: int) -> None:
+    """Three panels for :func:`~clipping_lib.lab.adam_trace.trace_adamw` runs: the gradient
+    norm before clipping, the sum of Adam's ``v``, and the fresh gain, per step (log scale),
+    with the spike's step marked."""
+    colors = (COLORS["original"], COLORS["norm"], COLORS["threshold"])
+    for (name, trace), color in zip(traces.items(), colors, strict=False):
+        axes[0].plot(trace.grad_norm, color=color, label=name)
+        axes[1].plot(trace.v_sum, color=color, label=name)
+        axes[2].plot(trace.fresh_gain, color=color, label=name)
+    titles = ("gradient norm (before clipping)", "sum of Adam's v",
+              "fresh gain: median |g| / sqrt(v)")  # fmt: skip
+    for ax, title in zip(axes, titles, strict=True):
+        ax.axvline(spike_at, color=COLORS["diverged"], lw=0.8, ls=":")
+        ax.set(yscale="log", xlabel="step", title=title)
+    axes[0].legend(fontsize="small")
