@@ -60,20 +60,31 @@ def sharded_total_norm(
     :math:`\lVert g_r\rVert_p^p` with an ``all_reduce(SUM)`` and take the p-th root; for
     the max norm they take an ``all_reduce(MAX)`` of :math:`\lVert g_r\rVert_\infty`.
     Every rank gets the same 0-d tensor, in the shards' dtype as ``get_total_norm``
-    returns it; the powers and the sum are taken in float32 (float64 for float64 shards),
-    since :math:`\lVert g_r\rVert_p^p` overflows float16 for a norm above 256 when p = 2.
+    returns it; the powers, the sum and the max are taken in float64 on every rank (one
+    scalar: the message has the same size everywhere), since
+    :math:`\lVert g_r\rVert_p^p` overflows float16 for a norm above 256 when p = 2.
+
+    A rank may own no elements: it passes its empty shards (``numel() == 0``), which still
+    carry the dtype, and contributes 0. A rank that passes no tensor at all contributes 0
+    and gets the result in float32; pass the empty shards so every rank agrees on the dtype.
     """
     p = check_norm_type(norm_type)
-    tensors = [t for t in as_tensor_list(local_tensors, "local_tensors") if t.numel()]
-    local = get_total_norm(tensors, p)  # a rank may own no elements: its norm is 0
+    tensors = as_tensor_list(local_tensors, "local_tensors")
+    dtype = torch.float32
+    if tensors:
+        dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+    device = tensors[0].device if tensors else torch.device("cpu")
+    owned = [t for t in tensors if t.numel()]  # the max norm of no element is undefined
+    local = get_total_norm(owned, p).to(device) if owned else torch.zeros((), device=device)
+    wide = local.to(torch.float64)
     if math.isinf(p):
-        total = local.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
-        return total
-    wide = torch.float64 if local.dtype == torch.float64 else torch.float32
-    total = local.to(wide).pow(p)
+        dist.all_reduce(wide, op=dist.ReduceOp.MAX, group=group)
+        return wide.to(dtype)
+    total = wide.pow(p)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-    return total.pow(1.0 / p).to(local.dtype)
+    return total.pow(1.0 / p).to(dtype)
 
 
 @torch.no_grad()

@@ -2,10 +2,15 @@
 
 One group of two workers runs every experiment (starting processes is the slow part);
 the failure tests start their own groups, since a failure ends a group.
+
+No test here asserts on a time or on how processes and threads are scheduled: a timeout
+is tested with a worker that never answers, an interrupt with a handshake (every worker
+signals that it is running before the interrupt is sent).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -18,8 +23,23 @@ import pytest
 import torch
 
 from clipping_lib.distributed import sharded_total_norm
-from clipping_lib.lab.parallel import accumulation_no_sync, ddp_clip_step, make_batch, sharded_norms
-from clipping_lib.lab.workers import WorkerError, WorkerGroup, echo, free_port, misbehave
+from clipping_lib.lab.parallel import (
+    accumulation_no_sync,
+    ddp_clip_step,
+    dtensor_clippers,
+    make_batch,
+    sharded_norms,
+    uneven_shards,
+)
+from clipping_lib.lab.workers import (
+    WorkerError,
+    WorkerGroup,
+    echo,
+    free_port,
+    handshake,
+    misbehave,
+    never_answer,
+)
 
 MAX_NORM = 0.2
 TENSOR = torch.arange(5.0)
@@ -38,6 +58,12 @@ def group_and_results():
             "p3": group.run(sharded_total_norm, local_tensors=[TENSOR], norm_type=3),
             "inf": group.run(sharded_total_norm, local_tensors=[TENSOR], norm_type="inf"),
             "fp16": group.run(sharded_total_norm, local_tensors=[FP16_SHARD]),
+            "dtensor": group.run(dtensor_clippers),
+            "uneven": {
+                (dtype, p): group.run(uneven_shards, dtype=dtype, norm_type=p)
+                for dtype in (torch.float64, torch.float16, torch.float32)
+                for p in (2.0, "inf")
+            },
         }
         yield group, results
     finally:
@@ -111,10 +137,9 @@ def test_batch_has_outliers_on_the_last_rank():
 
 def test_a_raising_worker_fails_fast_with_its_traceback(group_and_results):
     group, _ = group_and_results  # its experiments are done: breaking it is fine now
-    start = time.monotonic()
+    # the message names the failure, not the 60 s timeout: rank 0 was stopped, not waited for
     with pytest.raises(WorkerError, match=r"worker 1 of 2 failed(.|\n)*failed on purpose"):
         group.run(misbehave, rank=1, how="raise")
-    assert time.monotonic() - start < 10  # not the 60 s timeout: rank 0 was stopped
     assert group.closed and not any(p.is_alive() for p in group._processes)
     with pytest.raises(RuntimeError, match="closed"):
         group.run(misbehave)
@@ -125,10 +150,8 @@ def test_a_raising_worker_fails_fast_with_its_traceback(group_and_results):
 )
 def test_a_dying_or_hanging_worker_fails_fast(how, message):
     with WorkerGroup(1, timeout=2) as group:
-        start = time.monotonic()
         with pytest.raises(WorkerError, match=message):
             group.run(misbehave, rank=0, how=how)
-        assert time.monotonic() - start < 10
         assert not any(p.is_alive() for p in group._processes)
 
 
@@ -161,20 +184,35 @@ def test_misbehave_checks_how():
 
 
 def test_workers_that_do_not_start_in_time_are_stopped():
-    start = time.monotonic()
-    with pytest.raises(WorkerError, match=r"timed out after 0\.001 s while starting the workers"):
-        WorkerGroup(2, start_timeout=0.001)
-    assert time.monotonic() - start < 10
+    # Their setup never returns, so they never report ready, however fast the machine.
+    with pytest.raises(WorkerError, match=r"timed out after 1 s while starting the workers"):
+        WorkerGroup(2, start_timeout=1, setup=never_answer)
 
 
-def test_an_interrupted_run_leaves_no_stale_answers():
+def test_a_setup_that_raises_fails_the_start_with_its_traceback():
+    with pytest.raises(WorkerError, match=r"failed while starting(.|\n)*failed on purpose"):
+        WorkerGroup(1, setup=functools.partial(misbehave, 0))  # rank 0 raises in its setup
+    with pytest.raises(TypeError, match="setup"):
+        WorkerGroup(1, setup=lambda: None)
+
+
+def test_an_interrupted_run_leaves_no_stale_answers(tmp_path):
     import _thread
     import threading
 
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    ready.mkdir()
+
+    def interrupt_once_every_worker_runs() -> None:
+        while len(list(ready.iterdir())) < 2:  # the handshake: both workers are in the task
+            threading.Event().wait(0.01)
+        _thread.interrupt_main()  # the notebook's interrupt button
+
     with WorkerGroup(2, timeout=60) as group:
-        threading.Timer(0.5, _thread.interrupt_main).start()  # the notebook's interrupt button
+        threading.Thread(target=interrupt_once_every_worker_runs, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
-            group.run(echo, value="interrupted", delay=2.0)
+            group.run(handshake, ready_dir=str(ready), release=str(release))
+        release.touch()  # the interrupted task now ends; its answers must be dropped
         assert group.run(echo, value="next") == [(0, "next"), (1, "next")]
         assert group.run(echo, value="after") == [(0, "after"), (1, "after")]
 
@@ -218,7 +256,7 @@ def test_workers_and_fork_server_exit_when_the_parent_is_killed(tmp_path):
     finally:
         parent.send_signal(signal.SIGKILL)  # a killed kernel: no cleanup code runs
         parent.wait()
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + 300.0  # a guard against hanging the suite, not a time claim
     while time.monotonic() < deadline and not all(_gone(pid) for pid in pids):
         time.sleep(0.1)
     assert all(_gone(pid) for pid in pids), "a worker or the fork server outlived the parent"
@@ -229,3 +267,32 @@ def test_sharded_norm_of_fp16_shards_does_not_overflow(results):
     for total in results["fp16"]:
         assert total.dtype == torch.float16 and torch.isfinite(total)
         torch.testing.assert_close(total.float(), expected, rtol=1e-3, atol=0)
+
+
+# --- issue 20, item 3: DTensor gradients; item 8: a rank that owns no elements ---
+
+
+@pytest.mark.parametrize("name", ["AutoClip", "ZClip", "NormClip", "ClipMonitor(ZClip)"])
+def test_clippers_on_dtensor_gradients_keep_the_single_process_statistics(results, name):
+    for rank in results["dtensor"]:
+        run = rank[name]
+        assert run["plain"]  # plain tensors in every ClipStep, never a DTensor
+        assert run["clipped"].any()  # the spikes were clipped
+        assert torch.equal(run["clipped"], run["single_clipped"])
+        assert close(run["total_norm"], run["single_total_norm"], rtol=1e-5)
+        assert close(run["threshold"], run["single_threshold"], rtol=1e-5)
+        assert close(run["grad"], run["single_grad"], rtol=1e-5, atol=1e-6)
+    zero, one = (rank[name] for rank in results["dtensor"])
+    assert torch.equal(zero["total_norm"], one["total_norm"])  # identical on every rank
+    assert torch.equal(zero["threshold"], one["threshold"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.float32])
+@pytest.mark.parametrize("p", [2.0, "inf"])
+def test_sharded_total_norm_when_a_rank_owns_no_elements(results, dtype, p):
+    values = torch.arange(10, dtype=torch.float64)
+    expected = torch.linalg.vector_norm(values, math.inf if p == "inf" else 2.0)
+    zero, one = results["uneven"][dtype, p]
+    assert zero.dtype == one.dtype == dtype and zero.shape == one.shape == ()
+    assert torch.equal(zero, one)
+    torch.testing.assert_close(zero.double(), expected, rtol=1e-3, atol=0)

@@ -8,6 +8,10 @@ r"""The course's data-parallel experiments; each runs in every worker of a ``Wor
   is :math:`\max_r \lVert g_r\rVert_\infty`.
 * :func:`accumulation_no_sync`: with gradient accumulation under ``no_sync`` the
   gradient is complete only after the step that synchronises; clip there, once.
+* :func:`dtensor_clippers`: the stateful clippers and the monitor on FSDP2's DTensor
+  gradients keep their statistics on the full norm, as one process would.
+* :func:`uneven_shards`: :func:`~clipping_lib.distributed.sharded_total_norm` when one
+  rank owns no elements.
 
 Run them with :class:`clipping_lib.lab.workers.WorkerGroup`.
 """
@@ -20,16 +24,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from clipping_lib.adaptive import AutoClip, ZClip
 from clipping_lib.clip import clip_grad_norm_, get_total_norm
 from clipping_lib.distributed import clip_sharded_grads_, sharded_total_norm
+from clipping_lib.monitor import ClipMonitor
+from clipping_lib.strategies import NormClip
 
 __all__ = [
     "accumulation_no_sync",
     "ddp_clip_step",
+    "dtensor_clippers",
     "fully_sharded_model",
     "make_batch",
     "make_model",
     "sharded_norms",
+    "uneven_shards",
 ]
 
 
@@ -200,3 +209,57 @@ def accumulation_no_sync(
         if not clip_every_step:
             result["micro_norms"] = torch.stack(norms)
     return result
+
+
+_CLIPPERS = {
+    "AutoClip": lambda: AutoClip(40, window=4),
+    "ZClip": lambda: ZClip(0.9, 1.0, warmup_steps=3),
+    "NormClip": lambda: NormClip(0.5),
+    "ClipMonitor(ZClip)": lambda: ClipMonitor(ZClip(0.9, 1.0, warmup_steps=3)),
+}
+_LOSS_SCALES = (1.0, 1.2, 0.9, 1.1, 8.0, 1.0, 0.8, 12.0)  # two spikes after the warm-up
+
+
+def dtensor_clippers(seed: int = 0, batch_size: int = 32) -> dict:
+    """Each clipper of ``_CLIPPERS`` on FSDP2 (DTensor) gradients and, in the same worker, on
+    the single-process model over the whole batch, for the steps of ``_LOSS_SCALES`` (the
+    loss multiplied by each, so the norm varies and spikes; the weights stay put).
+
+    Returns, per clipper name: ``norm``, ``threshold``, ``clipped`` of the sharded run
+    (stacked over steps), ``plain``, whether every recorded value was a plain tensor (not
+    a DTensor), ``grad``, the full clipped gradient of the last step (gathered), and the
+    same three statistics and ``grad`` of the single-process run under ``single_*``.
+    """
+    batch = make_batch(batch_size, seed)
+    x, y = _my_chunk(batch)
+    result = {}
+    for name, make in _CLIPPERS.items():
+        runs = {}
+        for key, model, data in (
+            ("", fully_sharded_model(seed), (x, y)),
+            ("single_", make_model(seed), batch),
+        ):
+            clipper, steps = make(), []
+            for scale in _LOSS_SCALES:
+                model.zero_grad(set_to_none=True)
+                (_loss(model, *data) * scale).backward()
+                steps.append(clipper(model.parameters()))
+            grads = [p.grad for p in model.parameters()]
+            full = [g.full_tensor() if hasattr(g, "full_tensor") else g for g in grads]
+            runs[f"{key}grad"] = torch.cat([g.reshape(-1) for g in full])
+            for field in ("total_norm", "threshold", "clipped"):
+                values = [getattr(step, field) for step in steps]
+                runs[f"{key}{field}"] = torch.stack(values)
+                if not key:
+                    runs.setdefault("plain", True)
+                    runs["plain"] &= all(type(v) is Tensor for v in values)
+        result[name] = runs
+    return result
+
+
+def uneven_shards(dtype: torch.dtype = torch.float64, norm_type: float | str = 2.0) -> Tensor:
+    """:func:`~clipping_lib.distributed.sharded_total_norm` of ``0..9`` in ``dtype``, all of
+    it on rank 0; every other rank owns no element (its shard is empty)."""
+    values = torch.arange(10, dtype=dtype)
+    shard = values if dist.get_rank() == 0 else values[:0]
+    return sharded_total_norm([shard], norm_type)

@@ -29,7 +29,15 @@ import torch.distributed as dist
 
 from clipping_lib._checks import check_positive
 
-__all__ = ["WorkerError", "WorkerGroup", "echo", "free_port", "misbehave"]
+__all__ = [
+    "WorkerError",
+    "WorkerGroup",
+    "echo",
+    "free_port",
+    "handshake",
+    "misbehave",
+    "never_answer",
+]
 
 # ---------------------------------------------------------------------------------------
 # The process group
@@ -99,9 +107,17 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
 
 
 def _serve(
-    rank: int, world_size: int, port: int, tasks, results, timeout: float, parent_pid: int
+    rank: int,
+    world_size: int,
+    port: int,
+    tasks,
+    results,
+    timeout: float,
+    parent_pid: int,
+    setup: Callable[[], object] | None,
 ) -> None:
-    """One worker: join the group, then run each task sent to it until told to stop.
+    """One worker: join the group, run ``setup``, then run each task sent to it until told
+    to stop.
 
     A task is ``(task_id, function, kwargs)``; every answer carries the task's id, so the
     group can tell a late answer to an interrupted task from the answer it waits for.
@@ -118,6 +134,8 @@ def _serve(
         dist.init_process_group(
             "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
         )
+        if setup is not None:
+            setup()
         results.put(("ready", rank, task_id, None))
         while (task := tasks.get()) is not None:
             task_id, function, kwargs = task
@@ -168,7 +186,10 @@ class WorkerGroup:
             per_rank = group.run(ddp_clip_step, max_norm=1.0)
 
     ``run`` sends a module-level function and its keyword arguments to every worker and
-    returns the results in rank order. If a worker raises or dies, or the results do
+    returns the results in rank order. ``setup``, a module-level function with no
+    arguments, runs once in every worker after it joins the group and before it counts as
+    started (seeding, imports); the group fails to start if it raises, or if it has not
+    returned within ``start_timeout`` seconds. If a worker raises or dies, or the results do
     not arrive within ``timeout`` seconds, every worker is stopped and
     :class:`WorkerError` is raised with the worker's traceback; the group is then closed.
 
@@ -181,8 +202,17 @@ class WorkerGroup:
     """
 
     def __init__(
-        self, world_size: int = 2, *, timeout: float = 60.0, start_timeout: float = 120.0
+        self,
+        world_size: int = 2,
+        *,
+        timeout: float = 60.0,
+        start_timeout: float = 120.0,
+        setup: Callable[[], object] | None = None,
     ) -> None:
+        if setup is not None and (
+            not callable(setup) or "<" in getattr(setup, "__qualname__", "")
+        ):
+            raise TypeError("setup must be a module-level function (workers import it by name)")
         if isinstance(world_size, bool) or not isinstance(world_size, int):
             raise TypeError(f"world_size must be an int, got {type(world_size).__name__}")
         if not 1 <= world_size <= 8:
@@ -201,7 +231,7 @@ class WorkerGroup:
                 target=_serve,
                 args=(
                     rank, world_size, port, self._tasks[rank], self._results, self.timeout,
-                    os.getpid(),
+                    os.getpid(), setup,
                 ),
                 daemon=True,
                 name=f"clipping-worker-{rank}",
@@ -257,6 +287,20 @@ class WorkerGroup:
         self._terminate()
         raise WorkerError(message)
 
+    def _fail_if_a_worker_died(self, received: dict[int, object], what: str) -> None:
+        dead = [
+            (rank, p.exitcode)
+            for rank, p in enumerate(self._processes)
+            if p.exitcode is not None and rank not in received
+        ]
+        if dead and self._results.empty():  # its last message may still be in flight
+            time.sleep(0.2)
+        if dead and self._results.empty():
+            self._fail(
+                f"worker {dead[0][0]} of {self.world_size} exited with code "
+                f"{dead[0][1]} while {what}; all workers were stopped"
+            )
+
     def _collect(self, kind: str, what: str, timeout: float) -> list:
         """Wait for one message of ``kind`` per rank; fail fast on an error or a dead worker."""
         received: dict[int, object] = {}
@@ -265,34 +309,24 @@ class WorkerGroup:
             try:
                 status, rank, task_id, payload = self._results.get(timeout=_POLL_SECONDS)
             except queue.Empty:
-                dead = [
-                    (rank, p.exitcode)
-                    for rank, p in enumerate(self._processes)
-                    if p.exitcode is not None and rank not in received
-                ]
-                if dead and self._results.empty():  # its last message may still be in flight
-                    time.sleep(0.2)
-                if dead and self._results.empty():
+                self._fail_if_a_worker_died(received, what)
+            else:
+                if status == "error":
+                    late = "" if task_id == self._task_id else " (an earlier, interrupted task)"
                     self._fail(
-                        f"worker {dead[0][0]} of {self.world_size} exited with code "
-                        f"{dead[0][1]} while {what}; all workers were stopped"
+                        f"worker {rank} of {self.world_size} failed while {what}{late}; "
+                        f"all workers were stopped. Its traceback:\n{payload}"
                     )
-                if time.monotonic() > deadline:
-                    missing = sorted(set(range(self.world_size)) - set(received))
-                    self._fail(
-                        f"timed out after {timeout:g} s while {what}: no answer from "
-                        f"worker(s) {missing}; all workers were stopped"
-                    )
-                continue
-            if status == "error":
-                late = "" if task_id == self._task_id else " (an earlier, interrupted task)"
+                if task_id == self._task_id:  # else a late answer to an interrupted run
+                    received[rank] = pickle.loads(payload) if status == "ok" else payload
+            # Checked after every message too: late answers arriving in a stream must not
+            # keep the deadline from being noticed.
+            if len(received) < self.world_size and time.monotonic() > deadline:
+                missing = sorted(set(range(self.world_size)) - set(received))
                 self._fail(
-                    f"worker {rank} of {self.world_size} failed while {what}{late}; "
-                    f"all workers were stopped. Its traceback:\n{payload}"
+                    f"timed out after {timeout:g} s while {what}: no answer from "
+                    f"worker(s) {missing}; all workers were stopped"
                 )
-            if task_id != self._task_id:
-                continue  # a late answer to an interrupted run: not ours
-            received[rank] = pickle.loads(payload) if status == "ok" else payload
         return [received[rank] for rank in range(self.world_size)]
 
     def __enter__(self) -> WorkerGroup:
@@ -327,6 +361,26 @@ def misbehave(rank: int = 1, how: str = "raise") -> None:
         while True:
             time.sleep(1.0)
     dist.all_reduce(torch.ones(1))
+
+
+def never_answer() -> None:
+    """Block forever: a worker that never answers, to test a timeout without timing."""
+    threading.Event().wait()
+
+
+def handshake(ready_dir: str, release: str) -> tuple[int, str]:
+    """Signal that this worker is running (create ``ready_dir/rank<r>``), then wait until
+    the file ``release`` exists; return ``(rank, "released")``.
+
+    A test interrupts a ``run`` only after every worker has signalled, so the interrupt
+    lands inside the run on any machine, however the threads are scheduled.
+    """
+    rank = dist.get_rank()
+    with open(os.path.join(ready_dir, f"rank{rank}"), "w"):
+        pass
+    while not os.path.exists(release):
+        time.sleep(0.01)
+    return rank, "released"
 
 
 def echo(value: object = None, delay: float = 0.0) -> tuple[int, object]:
