@@ -113,3 +113,47 @@ def test_dp_noise_is_drawn_on_the_gradients_device():
     grads = {"w": torch.empty(4, 3, device="meta")}
     result = dp_sgd_gradient(grads, max_norm=1.0, noise_multiplier=1.0)
     assert result["w"].device.type == "meta" and result["w"].shape == (3,)
+
+
+# --- issue 20, item 7: layers that mix examples, and float16 per-sample gradients ---
+
+
+def _bn_model(**kwargs):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, **kwargs), torch.nn.Linear(4, 1)
+    )
+
+
+def test_batchnorm_in_training_mode_is_refused_by_name():
+    model, x, y = _bn_model(), torch.randn(8, 3), torch.randn(8, 1)
+    with pytest.raises(ValueError, match=r"BatchNorm1d at '1'.*GroupNorm"):
+        per_sample_grads(model, mse, x, y)
+
+
+def test_batchnorm_without_running_stats_is_refused_even_in_eval_mode():
+    # it normalises with the batch's statistics always: each example alone is another model
+    model, x, y = _bn_model(track_running_stats=False).eval(), torch.randn(8, 3), torch.randn(8, 1)
+    with pytest.raises(ValueError, match="BatchNorm1d"):
+        per_sample_grads(model, mse, x, y)
+
+
+def test_batchnorm_in_eval_mode_with_running_stats_mixes_nothing():
+    model, x, y = _bn_model().eval(), torch.randn(8, 3), torch.randn(8, 1)
+    grads = per_sample_grads(model, mse, x, y)
+    mse(model(x), y).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name].mean(0), p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_float16_per_sample_norms_are_float32_and_large_examples_are_clipped_not_dropped():
+    grads = {"w": torch.full((3, 300), 20.0, dtype=torch.float16)}  # norm 346: > 256
+    grads["w"][0] = 0.5
+    norms = per_sample_norms(grads)
+    assert norms.dtype == torch.float32
+    torch.testing.assert_close(norms[1], torch.tensor(20.0 * 300**0.5), rtol=1e-3, atol=0)
+    clipped = clip_per_sample(grads, 1.0)["w"]
+    assert clipped.dtype == torch.float16
+    size = torch.linalg.vector_norm(clipped.float(), dim=1)
+    torch.testing.assert_close(size[1:], torch.ones(2), rtol=2e-3, atol=0)  # before: 0
+    torch.testing.assert_close(clipped[0], grads["w"][0] / (0.5 * 300**0.5), rtol=2e-3, atol=0)
