@@ -8,6 +8,7 @@ import types
 import warnings
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -99,6 +100,14 @@ def check_total_norm(total_norm: object) -> Tensor:
     if not torch.is_floating_point(total_norm):
         raise TypeError(f"total_norm must be a floating tensor, got {total_norm.dtype}")
     return total_norm
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a bool (or NumPy's), else raise a ``TypeError`` naming it:
+    a truthy string such as ``"no"`` must not switch a check on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
 
 
 def check_int(value: object, name: str, minimum: int = 1) -> int:

@@ -25,6 +25,7 @@ from torch import Tensor
 from clipping_lib._checks import (
     as_parameter_list,
     as_tensor_list,
+    check_bool,
     check_eps,
     check_norm_type,
     check_threshold,
@@ -149,6 +150,7 @@ def get_total_norm(
     """
     tensors = as_tensor_list(tensors, "tensors")
     p = check_norm_type(norm_type)
+    check_bool(error_if_nonfinite, "error_if_nonfinite")
     _check_foreach(foreach)
     total_norm = _norm_of_groups(_group_by_device_and_dtype(tensors), p, foreach)
     if error_if_nonfinite:
@@ -203,6 +205,7 @@ def clip_grad_norm_(
     params = as_parameter_list(parameters)
     max_norm = check_threshold(max_norm, "max_norm", allow_inf=True)
     p = check_norm_type(norm_type)
+    check_bool(error_if_nonfinite, "error_if_nonfinite")
     eps = check_eps(eps)
     _check_exact_clip(max_norm, eps)
     _check_foreach(foreach)
@@ -258,9 +261,15 @@ def clip_grad_value_(
 
 
 def clip_by_value(g: Tensor, clip_value: float) -> Tensor:
-    r"""A new tensor with every element of ``g`` clamped to :math:`[-c, c]`."""
+    r"""A new tensor with every element of ``g`` clamped to :math:`[-c, c]`.
+
+    ``g`` must be a floating-point tensor: clamping a bool or integer tensor to a float
+    bound would silently return another dtype.
+    """
     if not isinstance(g, Tensor):
         raise TypeError(f"g must be a Tensor, got {type(g).__name__}")
+    if not g.is_floating_point():
+        raise TypeError(f"g must be a floating-point tensor, got {g.dtype}")
     clip_value = check_threshold(clip_value, "clip_value", allow_inf=True)
     return g.clamp(min=-clip_value, max=clip_value)
 
@@ -271,13 +280,24 @@ def clip_by_norm(
     r"""A new tensor :math:`g \cdot \min(1, c / (\lVert g\rVert_p + \varepsilon))`.
 
     The default ``eps=0.0`` is exact: the result has norm ``min(||g||, c)`` and, when
-    ``g`` is not zero, the same direction as ``g``.
+    ``g`` is not zero, the same direction as ``g``. It is differentiable everywhere it is
+    finite: inside the ball (:math:`\lVert g\rVert + \varepsilon \le c`, ``g = 0``
+    included) the map is the identity and its gradient is that of the identity, never
+    the NaN of :math:`0/0` (the norm enters only where it clips). A NaN norm gives a NaN
+    coefficient, as in ``clip_grad_norm_``.
     """
     if not isinstance(g, Tensor):
         raise TypeError(f"g must be a Tensor, got {type(g).__name__}")
+    if not (g.is_floating_point() or g.is_complex()):
+        raise TypeError(f"g must be a floating-point or complex tensor, got {g.dtype}")
     max_norm = check_threshold(max_norm, "max_norm", allow_inf=True)
     p = check_norm_type(norm_type)
     eps = check_eps(eps)
     _check_exact_clip(max_norm, eps)
     norm = torch.linalg.vector_norm(g, p)
-    return g * torch.clamp(max_norm / (norm + eps), max=1.0)
+    shifted = norm + eps
+    over = shifted > max_norm
+    # where(over, ...) twice: the division never sees the 0 of a zero g (its NaN gradient
+    # would leak through the unselected branch).
+    coef = torch.where(over, max_norm / torch.where(over, shifted, 1.0), 1.0)
+    return g * torch.where(torch.isnan(norm), norm, coef)

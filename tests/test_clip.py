@@ -451,3 +451,46 @@ def test_largest_finite_clip_value_of_a_dtype_is_accepted():
     p.grad = torch.tensor([1.0, -70000.0]).to(torch.float16)  # -inf in float16
     cl.clip_grad_value_([p], 65504.0)
     assert p.grad.tolist() == [1.0, -65504.0]
+
+
+# --- issue 20, item 9: the gradient of clip_by_norm at zero; bad flags and tensors ---
+
+
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.0, math.inf])
+def test_the_gradient_of_clip_by_norm_at_zero_is_that_of_the_identity(norm_type):
+    g = torch.zeros(4, requires_grad=True)
+    cl.clip_by_norm(g, 1.0, norm_type).sum().backward()  # eps=0.0: 0/0 in the old coefficient
+    assert torch.equal(g.grad, torch.ones(4))
+    g = torch.zeros(4, requires_grad=True)
+    cl.clip_by_norm(g, 0.0, norm_type, eps=1e-6).sum().backward()  # c = 0: the map is g -> 0
+    assert torch.equal(g.grad, torch.zeros(4))
+
+
+def test_clip_by_norm_still_clips_and_propagates_nan():
+    clipped = cl.clip_by_norm(torch.tensor([3.0, 4.0]), 1.0)
+    torch.testing.assert_close(clipped, torch.tensor([0.6, 0.8]))
+    assert torch.isnan(cl.clip_by_norm(torch.tensor([math.nan, 1.0]), 1.0)).all()
+    g = torch.tensor([3.0, 4.0], requires_grad=True)
+    cl.clip_by_norm(g, 1.0).sum().backward()
+    assert torch.isfinite(g.grad).all()
+
+
+@pytest.mark.parametrize("bad", ["no", 1, None, torch.tensor(True)])
+def test_error_if_nonfinite_must_be_a_bool(bad):
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.ones(2)
+    with pytest.raises(TypeError, match="error_if_nonfinite must be True or False"):
+        cl.clip_grad_norm_([p], 1.0, error_if_nonfinite=bad)
+    with pytest.raises(TypeError, match="error_if_nonfinite"):
+        cl.get_total_norm([p.grad], error_if_nonfinite=bad)
+    assert torch.equal(p.grad, torch.ones(2))  # refused before anything was touched
+
+
+@pytest.mark.parametrize("g", [torch.tensor([True, False]), torch.tensor([1, 5])])
+def test_clip_by_value_and_clip_by_norm_refuse_bool_and_integer_tensors(g):
+    with pytest.raises(TypeError, match="g must be a floating-point"):
+        cl.clip_by_value(g, 1.0)
+    with pytest.raises(TypeError, match="g must be a floating-point"):
+        cl.clip_by_norm(g, 1.0)
+    with pytest.raises(TypeError, match="clip_value must be a real number, got bool"):
+        cl.clip_by_value(torch.ones(2), True)
