@@ -50,7 +50,7 @@ from clipping_lib.lab.corpus import CharCorpus
 from clipping_lib.lab.gpt import GPT, GPTConfig
 from clipping_lib.lab.schedules import warmup_cosine
 from clipping_lib.lab.threads import single_thread
-from clipping_lib.skip_step import skip_decision
+from clipping_lib.skip_step import olmo_skip_decision
 
 __all__ = [
     "CLEAN",
@@ -218,13 +218,13 @@ def _clip_scales(
     # AutoClip: the percentile of every norm so far, this one included
     threshold = torch.quantile(state["norms"][:, : step + 1], cfg.autoclip_percentile / 100, dim=1)
     auto = torch.clamp(threshold / (norm + CLIP_EPS), max=1.0)
-    # skip-step: z-score of loss and norm against the previous `window` steps
+    # skip-step (OLMo-core): loss or norm more than sigma std above the previous `window` steps
     window, sigma, min_history = cfg.skip
     if step + 1 < min_history:
         skip = torch.zeros_like(norm, dtype=torch.bool)
     else:
         start = max(0, step - window)
-        skip = skip_decision(
+        skip = olmo_skip_decision(
             state["losses"][:, start:step], state["norms"][:, start:step], loss, norm, sigma
         )
     none = ~ones.bool()

@@ -21,14 +21,15 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.lab.sweep import CLEAN, SWEEP_PATH, SweepResult, load_sweep
+from clipping_lib.lab.sweep import CLEAN, CLEAN_CLIP, SWEEP_PATH, SweepResult, load_sweep
 from clipping_lib.lab.widgets import SliderPanel
 
 _LOSS_LIMITS = (2.0, 40.0)
 _LOSS_TICKS = (2, 3, 5, 10, 20, 40)
 _NORM_LIMITS = (1e-2, 1e3)
 _STYLES = {  # colour, line style
-    CLEAN: ("#999999", ":"), "none": (COLORS["original"], "-"), "clip 1.0": (COLORS["norm"], "-"),
+    CLEAN: ("#999999", ":"), CLEAN_CLIP: (COLORS["norm"], ":"),
+    "none": (COLORS["original"], "-"), "clip 1.0": (COLORS["norm"], "-"),
     "zclip": (COLORS["adaptive"], "--"), "zclip + max 1.0": (COLORS["adaptive"], "-"),
     "autoclip": (COLORS["threshold"], "-"), "skip": (COLORS["value"], "-"),
 }  # fmt: skip
@@ -40,7 +41,7 @@ def plot_final_loss(ax: Axes, result: SweepResult, baseline: float | None = None
     table, lrs = result.final(), np.unique(result.lr)
     n = len(result.methods)
     for j, method in enumerate(result.methods):
-        color, ls = _STYLES.get(method, ("k", "-"))
+        color, ls = _STYLES[method]
         mean = table[:, j].mean(axis=1)
         ax.errorbar(lrs * (1 + 0.03 * (j - (n - 1) / 2)), mean, ls=ls, color=color,
                     yerr=[mean - table[:, j].min(axis=1), table[:, j].max(axis=1) - mean],
