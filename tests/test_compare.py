@@ -15,6 +15,7 @@ from clipping_lib.lab.compare import (
     train_together,
 )
 from clipping_lib.lab.spikes import with_target_spikes
+from clipping_lib.lab.stacked import WithMaxNorm
 from clipping_lib.lab.tasks import adding_problem
 from clipping_lib.lab.training import TanhRNN, task_loss, train_rnn
 from clipping_lib.strategies import NoClip, NormClip, ValueClip
@@ -38,6 +39,7 @@ CLIPPERS = [
     lambda: AGC(0.05),
     lambda: ExceptReadout(AGC(0.05)),
     lambda: ZClip(alpha=0.9, z_thresh=2.0, warmup_steps=10),
+    lambda: WithMaxNorm(ZClip(alpha=0.9, z_thresh=2.0, warmup_steps=10), 0.5),
 ]
 
 

@@ -46,8 +46,9 @@ def test_pick_run_returns_the_run_at_that_lr_and_threshold(grids):
 def test_describe_states_the_outcome(grids):
     grid = grids[(20, "norm")]
     assert "diverged" in describe(pick_run(grid, 10.0, 0.1, "none"), "none", 0.1)
-    text = describe(pick_run(grid, 0.1, 0.3, "norm"), "norm", 0.3)
+    text = describe(pick_run(grid, 0.1, 0.3, "norm"), "norm", 0.3, length=20)
     assert text.startswith("norm clipping at c = 0.3: final loss")
+    assert "trivial baseline 0.150" in text  # (1 - 2/T)/6 at T = 20
 
 
 def test_every_control_redraws_and_the_readout_follows(grids, monkeypatch):
@@ -92,7 +93,7 @@ def test_median_step_length_is_lr_times_the_median_applied_norm(grids):
 
 def test_stability_map_figure_writes_every_final_loss_and_nan(grids):
     grid = grids[(10, "norm")]
-    figure = stability_map_figure(grid)
+    figure = stability_map_figure(grid, 0.15)
     map_ax, step_ax = figure.axes[:2]  # then the two colour bars
     texts = [t.get_text() for t in map_ax.texts]
     assert len(texts) == grid.final_loss.size
@@ -114,3 +115,15 @@ def test_plot_seeds_draws_each_seed_the_median_and_marks_divergence():
     smoothed = new_figure().subplots()
     plot_seeds(smoothed, np.arange(4), values[[0]], color="k", label="s", smooth=2)
     np.testing.assert_allclose(smoothed.get_lines()[-1].get_ydata(), [1.5, 2.5, 3.5])
+
+
+def test_the_baseline_line_follows_the_length(grids):
+    panel = training_panel(lr=0.3, threshold=0.1, strategy="norm", length=10, grids=grids)
+
+    def baselines():
+        return {round(float(line.get_ydata()[0]), 4) for line in panel.figure.axes[0].get_lines()
+                if len(line.get_ydata()) == 2 and line.get_linestyle() == ":"}  # fmt: skip
+
+    assert baselines() == {round(2 / 15, 4)}
+    panel.controls["length"].value = 20
+    assert baselines() == {0.15}

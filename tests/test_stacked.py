@@ -12,6 +12,7 @@ from clipping_lib.lab import compare, training
 from clipping_lib.lab.stacked import (
     ExceptReadout,
     StackedClippers,
+    WithMaxNorm,
     stacked_loss_and_grads,
     stacked_norm,
     stacked_scores,
@@ -81,6 +82,8 @@ CLIPPERS = [
     lambda: ExceptReadout(AGC(0.05)),
     lambda: ZClip(alpha=0.9, z_thresh=2.0, warmup_steps=6),
     lambda: ZClip(),
+    lambda: WithMaxNorm(ZClip(alpha=0.9, z_thresh=2.0, warmup_steps=6), 1.0),
+    lambda: WithMaxNorm(NormClip(0.5), 0.3),
 ]
 STEPS = 40
 BAD = {12: math.nan, 13: 1e4, 20: math.inf, 21: 3e3, 30: -math.inf, 31: 5e3}  # NaN, inf, spikes
@@ -149,3 +152,25 @@ def test_stacked_clippers_refuse_unknown_or_used_clippers():
     used(layer.parameters())
     with pytest.raises(ValueError, match="fresh"):
         StackedClippers([used], 5)
+
+
+def test_with_max_norm_is_the_zclip_authors_max_grad_norm():
+    """Warm-up: clip_grad_norm_(1.0); after it: min(ZClip's landing norm, 1.0); ZClip's
+    statistics are those of ZClip alone."""
+    layer = torch.nn.Linear(3, 2)
+    alone, capped = ZClip(warmup_steps=5), WithMaxNorm(ZClip(warmup_steps=5), 1.0)
+    for step in range(12):
+        generator = torch.Generator().manual_seed(step)
+        grads = [torch.randn(p.shape, generator=generator) * (40 if step == 9 else 1)
+                 for p in layer.parameters()]  # fmt: skip
+        finals = []
+        for clipper in (alone, capped):
+            for p, g in zip(layer.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            record = clipper(layer.parameters())
+            finals.append(torch.nn.utils.get_total_norm([p.grad for p in layer.parameters()]))
+        assert float(finals[1]) == pytest.approx(min(float(finals[0]), 1.0), rel=1e-5)
+        assert bool(record.clipped) == (float(finals[0]) > 1.0 or step == 9)
+        torch.testing.assert_close(capped.clipper.mean, alone.mean, equal_nan=True)
+    with pytest.raises(TypeError, match="clippers must be"):
+        StackedClippers([WithMaxNorm(AGC(0.1), 1.0)], 5)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from clipping_lib.lab.tasks import (
     ADDING_BASELINE_MSE,
     TEMPORAL_ORDER_CHANCE_CE,
+    adding_baseline_mse,
     adding_problem,
     make_task,
     temporal_order,
@@ -89,3 +90,24 @@ def test_bad_input_is_refused_with_the_argument_named():
         make_task("copying", 10, 20)
     with pytest.raises(ValueError, match="batch_size"):
         adding_problem(10, 20).batch(0, 11)
+
+
+@pytest.mark.parametrize("length", [2, 5, 10, 11, 40])
+def test_adding_baseline_is_the_error_of_the_best_marker_free_answer(length):
+    """Monte Carlo: the sum of the two half-means scores (1 - 2/T)/6 (even T), and no
+    marker-free answer does better: a least-squares fit on the values alone scores no less."""
+    task = adding_problem(200_000, length, seed=2)
+    values, targets = task.inputs[..., 0].double(), task.targets[:, 0].double()
+    half = length // 2
+    half_means = values[:, :half].mean(dim=1) + values[:, half:].mean(dim=1)
+    mse = ((half_means - targets) ** 2).mean().item()
+    assert mse == pytest.approx(adding_baseline_mse(length), rel=0.02)
+    features = torch.cat([values, torch.ones(len(values), 1, dtype=torch.float64)], dim=1)
+    fit = torch.linalg.lstsq(features, targets[:, None]).solution
+    best_linear = ((features @ fit)[:, 0] - targets).pow(2).mean().item()
+    assert best_linear == pytest.approx(mse, rel=0.02)
+    if length % 2 == 0:
+        assert adding_baseline_mse(length) == pytest.approx((1 - 2 / length) / 6, rel=1e-12)
+    assert adding_baseline_mse(length) < ADDING_BASELINE_MSE
+    with pytest.raises(ValueError, match="length"):
+        adding_baseline_mse(1)

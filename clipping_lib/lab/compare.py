@@ -221,7 +221,7 @@ class Comparison:
     runs: dict[tuple[str, int], TrainingHistory]
     eval_steps: np.ndarray  # (E,)
     test_loss: np.ndarray  # (methods, seeds, E)
-    baseline: float  # the held-out loss of the trivial answer (1/6 for the adding problem)
+    baseline: float  # the trivial baseline's held-out loss (adding: adding_baseline_mse(T))
 
     @property
     def final_loss(self) -> np.ndarray:

@@ -11,17 +11,19 @@ comparison):
   by backpropagation through time written out for all runs at once (for many small
   models it costs about half of what autograd does; the tests check it against autograd).
 * :class:`StackedClippers`: each run's clipper, given as the library's own object
-  (``NoClip``, ``NormClip``, ``ValueClip``, ``AutoClip``, ``AGC``, ``ZClip``, or
-  ``ExceptReadout(AGC(...))``), applied to all runs of its kind at once, with one state
-  row per run. The rules are the library's, with its clip-counting rule (a step is
-  clipped when the clipper changed its finite gradients) and its non-finite policy (a NaN
-  or inf norm enters no statistic and scales the gradients by NaN or 0, as
-  ``clip_grad_norm_`` would); the tests check them step by step against the library's
-  clippers on the same gradients, NaN and inf included.
+  (``NoClip``, ``NormClip``, ``ValueClip``, ``AutoClip``, ``AGC``, ``ZClip``), or
+  ``ExceptReadout(AGC(...))`` (AGC without the readout layer, Brock et al.'s setup), or
+  ``WithMaxNorm(ZClip(...), 1.0)`` (ZClip with its authors' ``max_grad_norm``), applied to
+  all runs of its kind at once, with one state row per run. The rules are the library's,
+  with its clip-counting rule (a step is clipped when the clipper changed its finite
+  gradients) and its non-finite policy (a NaN or inf norm enters no statistic and scales
+  the gradients by NaN or 0, as ``clip_grad_norm_`` would); the tests check them step by
+  step against the library's clippers on the same gradients, NaN and inf included.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from clipping_lib._checks import as_parameter_list
 from clipping_lib.adaptive import AGC, AutoClip, ZClip
 from clipping_lib.strategies import Clipper, ClipStep, NoClip, NormClip, ValueClip
 
@@ -37,6 +40,7 @@ __all__ = [
     "READOUT",
     "ExceptReadout",
     "StackedClippers",
+    "WithMaxNorm",
     "stacked_loss_and_grads",
     "stacked_norm",
     "stacked_scores",
@@ -79,6 +83,40 @@ class ExceptReadout:
 
     def __repr__(self) -> str:
         return f"ExceptReadout({self.clipper!r})"
+
+
+class WithMaxNorm:
+    r"""``clipper``, then the global norm capped at ``max_norm`` as ``clip_grad_norm_`` caps it.
+
+    The ZClip authors' ``max_grad_norm`` (their code's default is 1.0, and their README's
+    usage passes it): during ZClip's warm-up the gradients are clipped with
+    ``clip_grad_norm_(..., max_grad_norm)``; after it, to :math:`\min(g_t^\star,` ``max_norm``
+    :math:`)`, while ZClip's statistics still follow :math:`g_t^\star` alone. Calling
+    ``clipper`` and then ``clip_grad_norm_`` does exactly that. The returned
+    :class:`ClipStep` has the norm before either, the lower of the two thresholds, and
+    ``clipped`` when either changed the gradients.
+    """
+
+    def __init__(self, clipper: Clipper, max_norm: float) -> None:
+        if not callable(clipper):
+            raise TypeError(f"clipper must be callable (a Clipper), got {type(clipper).__name__}")
+        self.clipper = clipper
+        self.cap = NormClip(max_norm)
+
+    @property
+    def max_norm(self) -> float:
+        return self.cap.max_norm
+
+    def __call__(self, parameters) -> ClipStep:
+        params = as_parameter_list(parameters, stacklevel=3)
+        inner = self.clipper(params)
+        capped = self.cap(params)
+        threshold = torch.minimum(inner.threshold, capped.threshold)
+        clipped = inner.clipped | capped.clipped
+        return dataclasses.replace(inner, threshold=threshold, clipped=clipped)
+
+    def __repr__(self) -> str:
+        return f"WithMaxNorm({self.clipper!r}, max_norm={self.max_norm:g})"
 
 
 def stacked_weights(models: Sequence[nn.Module]) -> list[Tensor]:
@@ -198,13 +236,21 @@ _KINDS = {NoClip: "none", NormClip: "norm", ValueClip: "value", AutoClip: "autoc
           AGC: "agc", ZClip: "zclip"}  # fmt: skip
 
 
+def _inner(clipper: object) -> object:
+    return clipper.clipper if isinstance(clipper, (ExceptReadout, WithMaxNorm)) else clipper
+
+
 def _kind(clipper: object) -> str:
-    inner = clipper.clipper if isinstance(clipper, ExceptReadout) else clipper
+    inner = _inner(clipper)
     kind = _KINDS.get(type(inner))
-    if kind is None or (isinstance(clipper, ExceptReadout) and kind != "agc"):
+    if (
+        kind is None
+        or (isinstance(clipper, ExceptReadout) and kind != "agc")
+        or (isinstance(clipper, WithMaxNorm) and kind in ("value", "agc"))
+    ):
         raise TypeError(
-            "clippers must be NoClip, NormClip, ValueClip, AutoClip, AGC, ZClip or "
-            f"ExceptReadout(AGC), got {clipper!r}"
+            "clippers must be NoClip, NormClip, ValueClip, AutoClip, AGC, ZClip, "
+            f"ExceptReadout(AGC) or WithMaxNorm(NormClip, AutoClip or ZClip), got {clipper!r}"
         )
     if getattr(inner, "steps", 0):  # AutoClip and ZClip count their steps
         raise ValueError(f"clippers must be fresh (no steps taken yet), got {clipper!r}")
@@ -240,6 +286,10 @@ class StackedClippers:
     def __init__(self, clippers: Sequence[Clipper], steps: int) -> None:
         kinds = [_kind(c) for c in clippers]
         self.m = len(kinds)
+        self.cap = _column([c.max_norm if isinstance(c, WithMaxNorm) else math.inf
+                            for c in clippers])  # fmt: skip
+        self.capped = bool(torch.isfinite(self.cap).any())
+        clippers = [c if isinstance(c, ExceptReadout) else _inner(c) for c in clippers]
         self.rows = {
             kind: torch.tensor([i for i, k in enumerate(kinds) if k == kind]) for kind in set(kinds)
         }
@@ -248,6 +298,7 @@ class StackedClippers:
         # NoClip changes nothing and ValueClip clamps each entry (clip_grad_value_); the
         # others scale a non-finite step as clip_grad_norm_ does.
         self.scales = torch.tensor([k not in ("none", "value") for k in kinds])
+        self.scales |= torch.isfinite(self.cap)
         if "norm" in chosen:
             self.max_norm = _column([c.max_norm for c in chosen["norm"]])
             self.norm_eps = _column([c.eps for c in chosen["norm"]])
@@ -295,8 +346,15 @@ class StackedClippers:
                 coef[rows], threshold[rows], clipped[rows] = rule(step, norm[rows])
         if "value" in self.rows:
             threshold[self.rows["value"]] = self.clip_value
+        if self.capped:  # WithMaxNorm: clip_grad_norm_ on what the inner rule left
+            cap_coef = torch.clamp(self.cap / (norm * coef + 1e-6), max=1.0)
+            coef, clipped = coef * cap_coef, clipped | (cap_coef < 1)
+            threshold = torch.minimum(threshold, self.cap)
         # The library's non-finite policy: clip_grad_norm_'s min(1, c/n) for any finite c.
-        coef = torch.where(finite | ~self.scales, coef, torch.clamp(1.0 / norm, max=1.0))
+        # (WithMaxNorm's cap then meets a NaN norm: NaN, whatever the inner rule left.)
+        nonfinite = torch.clamp(1.0 / norm, max=1.0)
+        nonfinite = torch.where(torch.isfinite(self.cap), math.nan, nonfinite)
+        coef = torch.where(finite | ~self.scales, coef, nonfinite)
         for k, g in enumerate(grads):
             scale = coef if k < READOUT else torch.where(self.except_readout, 1.0, coef)
             g.mul_(scale.view(-1, *[1] * (g.ndim - 1)))

@@ -12,14 +12,16 @@ clipper, then plain SGD, :math:`\theta \leftarrow \theta - \eta\,\hat g`. It sto
 first step whose loss or gradient norm is not finite (the run *diverged*), before that
 step is applied.
 
-Many runs at once: :func:`train_many` trains ``M`` copies of the same model (same
-initial weights, same mini-batches), each with its own learning rate, clipping method
-and threshold, as one stacked program (weights of shape ``(M, ...)``, batched matrix
-products, backpropagation through time written out). A learning-rate x threshold grid of
-36 short runs then costs about as much as a few single runs; :func:`train_grid` arranges
-the result as a grid. Runs may also differ in their initial weights (``seeds``, one per
-run), use SGD with momentum, and be scored on held-out data every few steps
-(``eval_task``), so several seeds of several methods train as one program.
+Many runs at once: :func:`train_many` trains ``M`` copies of the same model (same initial
+weights, same mini-batches), each with its own learning rate, clipping method and
+threshold, as one stacked program on the lab's one engine for that,
+:mod:`clipping_lib.lab.stacked` (weights of shape ``(M, ...)``, batched matrix products,
+backpropagation through time written out, the library's clippers applied to all runs). A
+learning-rate x threshold grid of 36 short runs then costs about as much as a few single
+runs; :func:`train_grid` arranges the result as a grid. Runs may also differ in their
+initial weights (``seeds``, one per run), use SGD with momentum, and be scored on held-out
+data every few steps (``eval_task``), so several seeds of several methods train as one
+program.
 
 Recording costs no host synchronisation: losses, norms and clip flags stay tensors until
 the end of the run, except for one finiteness check per step in :func:`train_rnn` (needed

@@ -27,7 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from clipping_lib.lab.plots import COLORS, freeze_static_artists, new_figure
-from clipping_lib.lab.tasks import ADDING_BASELINE_MSE, adding_problem
+from clipping_lib.lab.tasks import adding_baseline_mse, adding_problem
 from clipping_lib.lab.training import GridResult, TrainingHistory, train_grid
 from clipping_lib.lab.widgets import SliderPanel
 
@@ -76,14 +76,15 @@ def pick_run(grid: GridResult, lr: float, threshold: float, strategy: str) -> Tr
     return grid.run(int(rows[0]), int(columns[0]))
 
 
-def describe(run: TrainingHistory, strategy: str, threshold: float) -> str:
-    """One line of text: the run's outcome."""
+def describe(run: TrainingHistory, strategy: str, threshold: float, length: int = 10) -> str:
+    """One line of text: the run's outcome, against the trivial baseline at ``length``."""
     how = "no clipping" if strategy == "none" else f"{strategy} clipping at c = {threshold:g}"
     if run.diverged:
         return f"{how}: <b>diverged</b> (NaN/inf) at step {run.steps_run - 1}"
+    baseline = adding_baseline_mse(length)
     return (
         f"{how}: final loss {run.final_loss:.3f} "
-        f"({run.final_loss / ADDING_BASELINE_MSE:.2f} x the 1/6 baseline), "
+        f"({run.final_loss / baseline:.2f} x the trivial baseline {baseline:.3f}), "
         f"clipped {100 * run.clip_rate:.0f}% of steps"
     )
 
@@ -132,7 +133,9 @@ def training_panel(
             label="diverged (NaN/inf)",
         )
         lines[key] = (reference[0], chosen[0], marks[0])
-    loss_ax.axhline(ADDING_BASELINE_MSE, color="0.5", ls=":", lw=1.0, label="predict 1: 1/6")
+    baseline_line = loss_ax.axhline(
+        adding_baseline_mse(length), color="0.5", ls=":", lw=1.0, label="trivial baseline"
+    )
     threshold_line = norm_ax.axhline(
         1.0, color=COLORS["threshold"], ls="--", lw=1.0, label="threshold c"
     )
@@ -142,7 +145,8 @@ def training_panel(
         "adding problem: the chosen run and the unclipped run at the same lr", fontsize=10
     )
     figure.tight_layout()
-    freeze_static_artists(figure, [*(a for trio in lines.values() for a in trio), threshold_line])
+    moving = [*(a for trio in lines.values() for a in trio), threshold_line, baseline_line]
+    freeze_static_artists(figure, moving)
     readout = widgets.HTML()
 
     def draw(lr: float, threshold: float, strategy: str, length: int) -> None:
@@ -159,9 +163,10 @@ def training_panel(
             marks.set_data(ends, [limits[1] / 2] * len(ends))
         threshold_line.set_ydata([threshold, threshold])
         threshold_line.set_visible(strategy == "norm")
+        baseline_line.set_ydata([adding_baseline_mse(length)] * 2)
         readout.value = (
-            f"<b>lr = {lr:g}, T = {length}</b><br>{describe(chosen, strategy, threshold)}"
-            f"<br>reference, {describe(reference, 'none', threshold)}"
+            f"<b>lr = {lr:g}, T = {length}</b><br>{describe(chosen, strategy, threshold, length)}"
+            f"<br>reference, {describe(reference, 'none', threshold, length)}"
         )
 
     controls = {
@@ -188,7 +193,7 @@ def median_step_length(grid: GridResult) -> np.ndarray:
 
 
 def stability_map_figure(
-    grid: GridResult, baseline: float = ADDING_BASELINE_MSE, *, figure: Figure | None = None
+    grid: GridResult, baseline: float, *, figure: Figure | None = None
 ) -> Figure:
     """Left: final loss of every (lr, threshold) run, NaN where it diverged. Right: the same
     final losses against each run's median step length, clipped runs coloured by how often
