@@ -55,6 +55,7 @@ from clipping_lib.lab import plots
 from clipping_lib.lab.widgets import SliderPanel
 
 __all__ = [
+    "PANEL_BUDGET",
     "PANEL_MIME",
     "SLIDER_VALUES",
     "control_spec",
@@ -72,6 +73,7 @@ __all__ = [
 ]
 
 SLIDER_VALUES = 9  # values a slider is swept over, its default included
+PANEL_BUDGET = 2**20  # bytes of one panel's folder; over it, sliders get fewer values
 MAX_OPTIONS = 12  # options of a list kept (evenly spaced, the default included)
 PANEL_MIME = "application/vnd.jupyter.widget-view+json"
 FORMAT_VERSION = 1  # bump when the manifest or the pictures change meaning
@@ -136,9 +138,9 @@ def sweep_values(control: widgets.ValueWidget, keep: int = SLIDER_VALUES) -> tup
     return values, values.index(default)
 
 
-def control_spec(name: str, control: widgets.ValueWidget) -> dict:
+def control_spec(name: str, control: widgets.ValueWidget, keep: int = SLIDER_VALUES) -> dict:
     """What the page needs to draw one control: its kind, label and value labels."""
-    values, default = sweep_values(control)
+    values, default = sweep_values(control, keep)
     if _is_selection(control):
         labels = [_option_labels(control)[i] for i in values]
         kind = "range" if isinstance(control, widgets.SelectionSlider) else "options"
@@ -218,21 +220,25 @@ def _set_state(panel: SliderPanel, specs: list[tuple[str, list]], state: tuple[i
             control.value = values[index]
 
 
-def render_panel(panel: SliderPanel, folder: Path, fmt: str = "webp") -> dict:
+def render_panel(
+    panel: SliderPanel, folder: Path, fmt: str = "webp", keep: int = SLIDER_VALUES
+) -> dict:
     """Sweep ``panel`` (module docstring), write its pictures and manifest into ``folder``.
 
-    The panel is left at its defaults. Returns the manifest, with ``bytes`` (the folder's
-    total) and ``frames`` (states drawn) added.
+    ``keep`` is the number of values per slider. The panel is left at its defaults.
+    Returns the manifest, with ``bytes`` (the folder's total) and ``frames_drawn`` added.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    sweeps = [(name, *sweep_values(c)) for name, c in panel.controls.items()]
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    sweeps = [(name, *sweep_values(c, keep)) for name, c in panel.controls.items()]
     specs = [(name, values) for name, values, _ in sweeps]
     defaults = [default for _, _, default in sweeps]
     states = panel_states([len(values) for _, values in specs], defaults)
     frozen = _frozen_pixels(panel.figure)
     manifest: dict = {
         "version": FORMAT_VERSION,
-        "controls": [control_spec(name, c) for name, c in panel.controls.items()],
+        "controls": [control_spec(name, c, keep) for name, c in panel.controls.items()],
         "grid": [specs[0][0], specs[1][0]] if len(specs) >= 2 else None,
         "size": list(panel.figure.canvas.get_width_height(physical=True)),
         "background": None,
@@ -290,7 +296,13 @@ def render_displayed(out: str, cell_id: str, expected: int) -> None:
         )
     summary = {}
     for k, panel in enumerate(panels):
-        manifest = render_panel(panel, Path(out) / f"{cell_id}-{k}")
+        keep = SLIDER_VALUES
+        manifest = render_panel(panel, Path(out) / f"{cell_id}-{k}", keep=keep)
+        while manifest["bytes"] > PANEL_BUDGET and keep > 3:
+            keep -= 2  # fewer values per slider, until the frames fit the budget
+            manifest = render_panel(panel, Path(out) / f"{cell_id}-{k}", keep=keep)
+        if manifest["bytes"] > PANEL_BUDGET:
+            raise RuntimeError(f"panel {cell_id}-{k}: {manifest['bytes']} bytes of frames")
         summary[f"{cell_id}-{k}"] = {"frames": manifest["frames_drawn"], "bytes": manifest["bytes"]}
     summary_path = Path(out) / "summary.json"
     known = json.loads(summary_path.read_text()) if summary_path.exists() else {}

@@ -24,8 +24,10 @@ from browser.chromium import ARTIFACTS
 REPO = Path(__file__).resolve().parents[2]
 SITE_SOURCE = REPO / "site"
 NOTEBOOKS = REPO / "notebooks"
+README = REPO / "README.md"
 BUILD_TIMEOUT_S = 900
 SUMMARY: dict[str, float | int] = {}
+PANEL_SIZES: dict[str, dict[str, int]] = {}  # "lesson/panel" -> frames, pictures, bytes
 
 
 @dataclass(frozen=True)
@@ -120,5 +122,12 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.write_line(
         f"built in {SUMMARY['build_seconds']} s: {SUMMARY['pages']} pages, {SUMMARY['size_mb']} MB"
     )
+    for name, numbers in sorted(PANEL_SIZES.items()):
+        terminalreporter.write_line(
+            f"  panel {name}: {numbers['frames']} states, {numbers['pictures']} pictures, "
+            f"{numbers['bytes'] / 1e3:.0f} kB"
+        )
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "site_build.json").write_text(json.dumps(SUMMARY, indent=1))
+    (ARTIFACTS / "site_build.json").write_text(
+        json.dumps({**SUMMARY, "panels": PANEL_SIZES}, indent=1)
+    )

@@ -149,8 +149,9 @@ def test_every_local_link_and_resource_resolves(built_site):
 
 @pytest.mark.parametrize("notebook", lessons(), ids=lambda p: p.stem)
 def test_lesson_page_shows_every_figure_and_how_to_run_panels_live(built_site, notebook):
-    """Every stored figure is on the page, a note on running each panel live follows it,
-    and the solution cells (hidden in JupyterLab) are collapsed."""
+    """Every stored figure is on the page; after each panel come a marker for the site's
+    script and a note on running it in a notebook; the solution cells (hidden in
+    JupyterLab) are collapsed."""
     as_built = built_site.notebook_as_built(notebook.stem)
     figures, panels = _png_outputs(as_built)
     hidden = sum("hide-input" in c["metadata"].get("tags", []) for c in as_built["cells"])
@@ -163,7 +164,8 @@ def test_lesson_page_shows_every_figure_and_how_to_run_panels_live(built_site, n
         f"{notebook.name}: {figures} stored figures, {len(parser.output_images)} on the page"
     )
     text = page.read_text(encoding="utf-8")
-    assert text.count("Run this panel live") == panels
+    assert text.count("Run this panel in a notebook") == panels
+    assert text.count('class="live-panel"') == panels
     assert text.count('class="cell tag_hide-input') == hidden == source_hidden
     assert "jupyter-widgets" not in text and PANEL_MIME not in text, "a live widget view leaked"
     for url in parser.output_images:
@@ -235,8 +237,10 @@ def test_web_version_changes_only_presentation():
     web = conf.web_version(notebook, "06_x.ipynb")
     assert [c["id"] for c in web["cells"]] == ["a", "b", "b-live", "c"]
     assert web["cells"][1] == notebook["cells"][1]
-    assert "Run this panel live" in web["cells"][2]["source"]
-    assert "notebooks/06_x.ipynb" in web["cells"][2]["source"]
+    note = web["cells"][2]["source"]
+    assert "Run this panel in a notebook" in note
+    assert "notebooks/06_x.ipynb" in note
+    assert 'data-manifest="../_panels/06_x/b-0/manifest.json" data-image="0"' in note
     assert web["cells"][3]["metadata"]["tags"] == ["hide-input"]
     assert "tags" not in notebook["cells"][2]["metadata"], "the input notebook was modified"
     assert "widgets" not in web["metadata"] and "kernelspec" in web["metadata"]
