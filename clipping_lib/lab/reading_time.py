@@ -92,7 +92,8 @@ def write_stated_minutes(path: str | Path) -> int:
     minutes = 0
     for _ in range(3):  # the header's own words may move the rounding once
         text = "\n".join([lines[0], "", HEADER.format(minutes=minutes), *lines[1:]])
-        first["source"] = text.replace("\n\n\n", "\n\n").splitlines(keepends=True)
+        text = text.replace("\n\n\n", "\n\n").rstrip("\n")
+        first["source"] = text.splitlines(keepends=True)
         path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", "utf-8")
         if reading_minutes(path) == minutes:
             break
