@@ -52,7 +52,7 @@ from torch import Tensor
 
 from clipping_lib._checks import check_int, check_positive
 
-__all__ = ["SkipStep", "olmo_skip_decision", "skip_decision"]
+__all__ = ["SkipStep", "olmo_skip_decision"]
 
 
 def _finite_std_mean(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,21 +80,6 @@ def olmo_skip_decision(
     norm_std, norm_mean = _finite_std_mean(norms)
     proceed = (loss - loss_mean <= sigma * loss_std) & (norm - norm_mean <= sigma * norm_std)
     return ~(proceed & torch.isfinite(loss) & torch.isfinite(norm))
-
-
-def skip_decision(
-    losses: Tensor, norms: Tensor, loss: Tensor, norm: Tensor, sigma: float
-) -> Tensor:
-    """The earlier, two-sided rule (``|z| > sigma`` for the loss or the norm; a NaN in the
-    history or a zero standard deviation skips), kept only because the course's stored
-    learning-rate sweep (``lab/sweep.py``, lesson 09) was computed with it. It is not
-    OLMo-core's rule: use :func:`olmo_skip_decision`, which :class:`SkipStep` uses.
-    """
-    loss_std, loss_mean = torch.std_mean(losses, dim=-1)
-    norm_std, norm_mean = torch.std_mean(norms, dim=-1)
-    loss_z = (loss - loss_mean).abs() / loss_std
-    norm_z = (norm - norm_mean).abs() / norm_std
-    return ~((loss_z <= sigma) & (norm_z <= sigma))
 
 
 def _as_value(value: object, name: str) -> Tensor:
