@@ -10,24 +10,6 @@ import torch
 from clipping_lib.lab.exercises.lesson12 import ex1, ex2, ex3
 
 
-@pytest.mark.parametrize("exercise", [ex1, ex3])
-def test_each_reference_passes_and_a_stub_checks_it(exercise, capsys):
-    assert exercise.diagnose(exercise.reference) is None
-
-    def stub(*args):
-        """The learner's stub."""
-        ...  # your code here
-
-    assert exercise.check(stub)
-    assert "reference solution was checked" in capsys.readouterr().out
-
-
-def test_a_number_stub_checks_the_reference(capsys):
-    assert ex2.diagnose(ex2.reference) is None
-    assert ex2.check(...)
-    assert "reference solution was checked" in capsys.readouterr().out
-
-
 # Exercise 1 -------------------------------------------------------------------------------
 def in_place(u, d=1.0):
     rms = u.pow(2).mean().sqrt()
