@@ -25,6 +25,18 @@ def _loss(model, x, y):
     return torch.nn.functional.mse_loss(model(x), y)
 
 
+def _closure(opt, model, x, y):
+    """The closure ``optimizer.step(closure)`` calls: zero, forward, backward, the loss."""
+
+    def closure():
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
 def _flat(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -326,12 +338,7 @@ def test_pre_hook_clips_the_gradient_the_closure_computes(as_keyword):
     norms: list[torch.Tensor] = []
     recipes.register_clip_pre_hook(opt, 1.0, norms=norms)
 
-    def closure():
-        opt.zero_grad()
-        loss = _loss(model, x, y)
-        loss.backward()
-        return loss
-
+    closure = _closure(opt, model, x, y)
     before = _flat(model)
     loss = opt.step(closure=closure) if as_keyword else opt.step(closure)
     assert torch.isfinite(loss) and len(norms) == 1 and norms[0] > 1.0
@@ -344,12 +351,7 @@ def test_pre_hook_clips_every_closure_evaluation_of_lbfgs():
     norms: list[torch.Tensor] = []
     recipes.register_clip_pre_hook(opt, 1.0, norms=norms)
 
-    def closure():
-        opt.zero_grad()
-        loss = _loss(model, x, y)
-        loss.backward()
-        return loss
-
+    closure = _closure(opt, model, x, y)
     opt.step(closure)
     assert len(norms) >= 2  # LBFGS evaluates the closure once per inner iteration
 
